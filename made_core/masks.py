@@ -1,0 +1,119 @@
+"""Orderings, degrees and connectivity masks of MADE (Germain et al. 2015, Eq. 12-13).
+
+Conventions (all tensors are torch, masks are float 0/1 in ``nn.Linear`` layout,
+i.e. shape (out_features, in_features)):
+
+- An *ordering* is a permutation ``order`` of range(D): ``order[p]`` is the input
+  dimension predicted at position p. Its inverse gives each dimension's *degree*
+  ``position + 1`` in 1..D (the paper's m^0(d)).
+- Hidden unit k of layer l gets a degree m^l(k) drawn uniformly from
+  {min_k' m^{l-1}(k'), ..., D-1}.
+- Hidden mask: unit k sees unit k' of the layer below when m^l(k) >= m^{l-1}(k').
+- Output mask: output d sees hidden unit k when degree(d) > m^L(k) (strict).
+- Direct mask (optional input->output layer): output d sees input j when
+  degree(d) > degree(j): strictly lower-triangular in ordering space.
+
+Everything is a pure function of (seed, mask index), so mask i is the same
+mask on every machine and after every restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+
+Ordering = Literal["natural", "random", "agnostic"]
+ORDERINGS: tuple[str, ...] = ("natural", "random", "agnostic")
+
+# num_masks == MASK_SAMPLING means a fresh mask every minibatch (the paper's
+# "mask sampling"); num_masks >= 1 means that many masks cycled one per minibatch.
+MASK_SAMPLING = 0
+
+
+@dataclass(frozen=True)
+class MaskSet:
+    """The masks of one connectivity.
+
+    ``hidden``: one mask per hidden layer, shapes (H_1, D), (H_2, H_1), ...
+    ``output``: (D, H_L).  ``direct``: (D, D) or None.  ``order``: (D,) long.
+    """
+
+    order: torch.Tensor
+    hidden: tuple[torch.Tensor, ...]
+    output: torch.Tensor
+    direct: torch.Tensor | None
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "MaskSet":
+        """The same masks on ``device``, in the weights' ``dtype`` (the ordering stays long)."""
+        move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+        return MaskSet(self.order.to(device), tuple(move(m) for m in self.hidden), move(self.output), move(self.direct))
+
+
+def mask_generator(seed: int, mask_index: int) -> torch.Generator:
+    """A CPU generator seeded by (seed, mask_index); distinct pairs give distinct streams."""
+    generator = torch.Generator()
+    # Cantor-style mixing keeps (seed, index) pairs apart without Python's salted hash.
+    generator.manual_seed((int(seed) * 1_000_003 + int(mask_index) * 7_919 + 12_345) % (2**63 - 1))
+    return generator
+
+
+def make_ordering(strategy: str, input_dim: int, seed: int, mask_index: int) -> torch.Tensor:
+    """The ordering of mask ``mask_index``: (D,) long, ``order[p]`` = dimension at position p.
+
+    ``natural`` is 0..D-1; ``random`` is one permutation fixed by ``seed`` and shared by
+    every mask; ``agnostic`` draws a new permutation for every mask index.
+    """
+    if strategy == "natural":
+        return torch.arange(input_dim)
+    if strategy == "random":
+        return torch.randperm(input_dim, generator=mask_generator(seed, -1))
+    if strategy == "agnostic":
+        return torch.randperm(input_dim, generator=mask_generator(seed, mask_index))
+    raise ValueError(f"unknown ordering {strategy!r}; expected one of {', '.join(ORDERINGS)}")
+
+
+def input_degrees(order: torch.Tensor) -> torch.Tensor:
+    """Degrees 1..D of the input dimensions for an ordering: (D,) long."""
+    degrees = torch.empty_like(order)
+    degrees[order] = torch.arange(1, order.numel() + 1)
+    return degrees
+
+
+def build_masks(
+    order: torch.Tensor,
+    hidden_sizes: Sequence[int],
+    generator: torch.Generator,
+    direct_connection: bool = False,
+) -> MaskSet:
+    """Draw hidden degrees and build every mask for one ordering (paper Eq. 12-13)."""
+    input_dim = order.numel()
+    if input_dim < 2:
+        raise ValueError("MADE needs at least 2 input dimensions")
+    previous = input_degrees(order)
+    hidden_masks = []
+    for size in hidden_sizes:
+        low = int(previous.min())
+        # Degrees below D-1's ceiling: a unit of degree D would feed no output.
+        degrees = torch.randint(low, input_dim, (size,), generator=generator)
+        hidden_masks.append((degrees[:, None] >= previous[None, :]).float())
+        previous = degrees
+    output_degrees = input_degrees(order)
+    output_mask = (output_degrees[:, None] > previous[None, :]).float()
+    direct = (output_degrees[:, None] > output_degrees[None, :]).float() if direct_connection else None
+    return MaskSet(order, tuple(hidden_masks), output_mask, direct)
+
+
+def make_masks(
+    input_dim: int,
+    hidden_sizes: Sequence[int],
+    ordering: str,
+    seed: int,
+    mask_index: int,
+    direct_connection: bool = False,
+) -> MaskSet:
+    """Mask number ``mask_index`` of a model: a pure function of its arguments (CPU tensors)."""
+    order = make_ordering(ordering, input_dim, seed, mask_index)
+    return build_masks(order, hidden_sizes, mask_generator(seed, mask_index), direct_connection)
+

@@ -1,0 +1,222 @@
+"""MADE: a masked MLP whose outputs are the autoregressive conditionals of binary data.
+
+Shapes: inputs ``x`` are (B, D) float 0/1; ``logits`` are (B, D) with
+p(x_d = 1 | x_<d) = sigmoid(logits[:, d]) under the mask's ordering; log-probabilities
+are (B,) in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from made_core.masks import MASK_SAMPLING, ORDERINGS, MaskSet, build_masks, make_masks, mask_generator
+
+ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
+# Fresh-mask models see unboundedly many mask indices; keep only recent ones on device.
+_SAMPLED_MASK_CACHE_SIZE = 64
+# Mask indices for conditionals live far from training indices so they never collide.
+_CONDITIONAL_MASK_OFFSET = 1 << 40
+MODEL_FILE = "model.pt"
+
+
+class MADE(nn.Module):
+    """Masked Autoencoder for Distribution Estimation over D binary variables.
+
+    ``num_masks``: K >= 1 masks cycled one per minibatch (1 is the plain MADE), or
+    ``MASK_SAMPLING`` (0) for a fresh mask every minibatch. ``ordering``: "natural",
+    "random" (one fixed permutation) or "agnostic" (every mask its own ordering).
+    Masks are pure functions of (seed, mask index) and cached on the model's device.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_sizes: Sequence[int],
+        num_masks: int = 1,
+        ordering: str = "natural",
+        direct_connection: bool = False,
+        activation: str = "relu",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if input_dim < 2:
+            raise ValueError(f"input_dim must be >= 2, got {input_dim}")
+        if not hidden_sizes or any(int(h) < 1 for h in hidden_sizes):
+            raise ValueError(f"hidden_sizes must be one or more positive sizes, got {list(hidden_sizes)}")
+        if num_masks < 0:
+            raise ValueError(f"num_masks must be >= 1, or {MASK_SAMPLING} for a fresh mask every minibatch")
+        if ordering not in ORDERINGS:
+            raise ValueError(f"unknown ordering {ordering!r}; expected one of {', '.join(ORDERINGS)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
+        self.input_dim = int(input_dim)
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.num_masks = int(num_masks)
+        self.ordering = ordering
+        self.direct_connection = bool(direct_connection)
+        self.activation = activation
+        self.seed = int(seed)
+        sizes = (self.input_dim, *self.hidden_sizes)
+        self.hidden_layers = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+        self.output_layer = nn.Linear(sizes[-1], self.input_dim)
+        self.direct_layer = nn.Linear(self.input_dim, self.input_dim, bias=False) if direct_connection else None
+        self._mask_cache: OrderedDict[int, MaskSet] = OrderedDict()
+
+    # -- construction and persistence ------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments: ``MADE(**model.config())`` rebuilds the same architecture and masks."""
+        return {
+            "input_dim": self.input_dim,
+            "hidden_sizes": list(self.hidden_sizes),
+            "num_masks": self.num_masks,
+            "ordering": self.ordering,
+            "direct_connection": self.direct_connection,
+            "activation": self.activation,
+            "seed": self.seed,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.output_layer.weight.device
+
+    # -- masks ------------------------------------------------------------------------
+    def masks(self, mask_index: int) -> MaskSet:
+        """The masks of ``mask_index`` on the model's device, built once and cached."""
+        if self.num_masks != MASK_SAMPLING and not 0 <= mask_index < self.num_masks:
+            raise ValueError(f"mask_index {mask_index} out of range for a model with {self.num_masks} masks")
+        cached = self._mask_cache.get(mask_index)
+        weight = self.output_layer.weight
+        if cached is None or cached.output.device != weight.device or cached.output.dtype != weight.dtype:
+            cached = make_masks(
+                self.input_dim, self.hidden_sizes, self.ordering, self.seed, mask_index, self.direct_connection
+            ).to(weight.device, weight.dtype)
+            self._mask_cache[mask_index] = cached
+            if self.num_masks == MASK_SAMPLING and len(self._mask_cache) > _SAMPLED_MASK_CACHE_SIZE:
+                self._mask_cache.popitem(last=False)
+        return cached
+
+    def training_mask_index(self, step: int) -> int:
+        """The mask used for minibatch number ``step``: cycled over K masks, or a fresh one."""
+        return step if self.num_masks == MASK_SAMPLING else step % self.num_masks
+
+    def ensemble_indices(self, n_masks: int) -> range:
+        if n_masks < 1:
+            raise ValueError(f"n_masks must be >= 1, got {n_masks}")
+        if self.num_masks != MASK_SAMPLING and n_masks > self.num_masks:
+            raise ValueError(f"n_masks={n_masks} exceeds the model's {self.num_masks} masks")
+        return range(n_masks)
+
+    # -- the network ------------------------------------------------------------------
+    def _logits_under(self, x: torch.Tensor, masks: MaskSet) -> torch.Tensor:
+        act = ACTIVATIONS[self.activation]
+        hidden = x
+        for layer, mask in zip(self.hidden_layers, masks.hidden):
+            hidden = act(F.linear(hidden, layer.weight * mask, layer.bias))
+        logits = F.linear(hidden, self.output_layer.weight * masks.output, self.output_layer.bias)
+        if self.direct_layer is not None:
+            logits = logits + F.linear(x, self.direct_layer.weight * masks.direct)
+        return logits
+
+    def logits(self, x: torch.Tensor, mask_index: int | None = None) -> torch.Tensor:
+        """(B, D) logits of p(x_d = 1 | x_<d) under mask ``mask_index`` (default 0)."""
+        return self._logits_under(x, self.masks(0 if mask_index is None else mask_index))
+
+    def forward(self, x: torch.Tensor, mask_index: int | None = None) -> torch.Tensor:
+        return self.logits(x, mask_index)
+
+    @staticmethod
+    def _log_likelihoods(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-dimension log p(x_d | x_<d): (B, D). -BCE-with-logits, stable for any logit."""
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+
+    def mask_log_prob(self, x: torch.Tensor, mask_index: int) -> torch.Tensor:
+        """(B,) log p_k(x) in nats under the single mask ``mask_index``."""
+        return self._log_likelihoods(self.logits(x, mask_index), x).sum(dim=1)
+
+    def log_prob(self, x: torch.Tensor, n_masks: int = 1) -> torch.Tensor:
+        """(B,) log p(x) in nats; with n_masks = K > 1 the ensemble over masks 0..K-1.
+
+        The ensemble averages probabilities, not logits:
+        log p(x) = logsumexp_k log p_k(x) - log K.
+        """
+        per_mask = torch.stack([self.mask_log_prob(x, k) for k in self.ensemble_indices(n_masks)])
+        return torch.logsumexp(per_mask, dim=0) - math.log(per_mask.shape[0])
+
+    @torch.no_grad()
+    def sample(self, n: int, mask_index: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, D) binary samples drawn dimension by dimension in the mask's ordering."""
+        masks = self.masks(mask_index)
+        x = torch.zeros(n, self.input_dim, device=self.device, dtype=self.output_layer.weight.dtype)
+        for dim in masks.order.tolist():
+            probability = torch.sigmoid(self._logits_under(x, masks)[:, dim])
+            x[:, dim] = torch.bernoulli(probability, generator=generator)
+        return x
+
+    def conditional_log_prob(self, x: torch.Tensor, observed: torch.Tensor, n_masks: int = 1) -> torch.Tensor:
+        """(B,) log p(x_missing | x_observed) for an order-agnostic model.
+
+        ``observed``: (D,) bool, True where x is observed. Each of the ``n_masks``
+        connectivities puts the observed dimensions first (in a random order), then the
+        missing ones, so the missing dimensions are predicted from everything observed.
+        Such orderings are what order-agnostic training with mask sampling
+        (``num_masks=0``) learns; a fixed-ordering model cannot condition on an
+        arbitrary subset.
+        """
+        if self.ordering != "agnostic":
+            raise ValueError("conditional_log_prob needs an order-agnostic model (ordering='agnostic')")
+        observed = observed.to(torch.bool).cpu()
+        if observed.shape != (self.input_dim,):
+            raise ValueError(f"observed must have shape ({self.input_dim},), got {tuple(observed.shape)}")
+        missing = ~observed
+        per_mask = []
+        for k in range(n_masks):
+            generator = mask_generator(self.seed, _CONDITIONAL_MASK_OFFSET + k)
+            observed_dims = observed.nonzero().flatten()
+            missing_dims = missing.nonzero().flatten()
+            order = torch.cat(
+                [
+                    observed_dims[torch.randperm(observed_dims.numel(), generator=generator)],
+                    missing_dims[torch.randperm(missing_dims.numel(), generator=generator)],
+                ]
+            )
+            weight = self.output_layer.weight
+            masks = build_masks(order, self.hidden_sizes, generator, self.direct_connection).to(weight.device, weight.dtype)
+            log_likelihoods = self._log_likelihoods(self._logits_under(x, masks), x)
+            per_mask.append(log_likelihoods[:, missing.to(self.device)].sum(dim=1))
+        stacked = torch.stack(per_mask)
+        return torch.logsumexp(stacked, dim=0) - math.log(n_masks)
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
+        # Cached masks live on the old device after .to()/.cuda(); rebuild lazily.
+        self._mask_cache.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+
+def save_model(model: MADE, directory: str | Path) -> Path:
+    """Write ``model.pt`` (architecture + weights) into ``directory``; returns the file path."""
+    path = Path(directory) / MODEL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save({"config": model.config(), "state_dict": model.state_dict()}, temporary)
+    temporary.replace(path)
+    return path
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> MADE:
+    """Load a model saved by ``save_model`` (a folder holding model.pt, or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no MADE model at {path}")
+    saved = torch.load(path, map_location=map_location, weights_only=True)
+    model = MADE(**saved["config"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(map_location)

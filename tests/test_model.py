@@ -1,0 +1,208 @@
+"""MADE's defining properties: autoregressive, normalised, probability-space ensembles."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from made_core.masks import MASK_SAMPLING, input_degrees, make_masks, make_ordering
+from made_core.model import MADE, load_model, save_model
+
+CONNECTIVITIES = [(1, "natural"), (1, "random"), (4, "natural"), (4, "random"), (4, "agnostic"), (MASK_SAMPLING, "agnostic")]
+DEPTHS = [(30,), (30, 25), (25, 30, 28)]
+
+
+def all_binary_vectors(dim: int) -> torch.Tensor:
+    return torch.tensor(list(itertools.product([0.0, 1.0], repeat=dim)), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("num_masks,ordering", CONNECTIVITIES)
+@pytest.mark.parametrize("hidden_sizes", DEPTHS)
+@pytest.mark.parametrize("direct_connection", [False, True])
+def test_autoregressive_property(num_masks, ordering, hidden_sizes, direct_connection):
+    dim = 7
+    model = MADE(dim, hidden_sizes, num_masks, ordering, direct_connection, "tanh", seed=3).double()
+    for mask_index in range(3 if num_masks != 1 else 1):
+        order = model.masks(mask_index).order
+        position = input_degrees(order) - 1
+        x = torch.rand(5, dim, dtype=torch.float64, requires_grad=True)
+        jacobian = torch.autograd.functional.jacobian(lambda v: model.logits(v, mask_index).sum(0), x)
+        # jacobian[d, b, j] = d sum_b logit_{b,d} / d x_{b,j}; rows are independent in b.
+        dependence = jacobian.abs().sum(dim=1)
+        masks = model.masks(mask_index)
+        paths = masks.output
+        for hidden_mask in reversed(masks.hidden):
+            paths = paths @ hidden_mask
+        if direct_connection:
+            paths = paths + masks.direct
+        # With tanh and random inputs every structural path carries gradient.
+        assert torch.equal(dependence > 0, paths > 0)
+        for d in range(dim):
+            for j in range(dim):
+                if position[j] >= position[d]:
+                    assert dependence[d, j] == 0, f"logit {d} depends on input {j} not before it"
+            if position[d] > 0:
+                earlier = [j for j in range(dim) if position[j] < position[d]]
+                assert dependence[d, earlier].sum() > 0, f"logit {d} ignores every earlier input"
+
+
+def test_masks_follow_paper_degree_rules():
+    dim, hidden = 9, (20, 15)
+    masks = make_masks(dim, hidden, "agnostic", seed=1, mask_index=2, direct_connection=True)
+    degrees_in = input_degrees(masks.order)
+    # Recover hidden degrees: a unit of degree m sees exactly the inputs of degree <= m.
+    first = masks.hidden[0]
+    degrees_1 = first.sum(1).long()  # inputs of degree 1..m -> m of them
+    assert torch.equal(first, (degrees_1[:, None] >= degrees_in[None, :]).float())
+    assert degrees_1.min() >= 1 and degrees_1.max() <= dim - 1
+    assert torch.equal(masks.direct, (degrees_in[:, None] > degrees_in[None, :]).float())
+    assert masks.direct.sum() == dim * (dim - 1) / 2
+
+
+def test_orderings():
+    assert torch.equal(make_ordering("natural", 5, 0, 3), torch.arange(5))
+    random_orders = {tuple(make_ordering("random", 8, 0, k).tolist()) for k in range(4)}
+    assert len(random_orders) == 1
+    agnostic_orders = {tuple(make_ordering("agnostic", 8, 0, k).tolist()) for k in range(4)}
+    assert len(agnostic_orders) == 4
+    assert sorted(next(iter(random_orders))) == list(range(8))
+    with pytest.raises(ValueError, match="unknown ordering 'foo'"):
+        make_ordering("foo", 5, 0, 0)
+
+
+def test_masks_deterministic_given_seed():
+    a = make_masks(10, (16, 16), "agnostic", seed=5, mask_index=7)
+    b = make_masks(10, (16, 16), "agnostic", seed=5, mask_index=7)
+    c = make_masks(10, (16, 16), "agnostic", seed=6, mask_index=7)
+    assert all(torch.equal(x, y) for x, y in zip(a.hidden, b.hidden))
+    assert not all(torch.equal(x, y) for x, y in zip(a.hidden, c.hidden))
+
+
+@pytest.mark.parametrize("num_masks,ordering", CONNECTIVITIES)
+@pytest.mark.parametrize("direct_connection", [False, True])
+def test_normalised_single_masks_and_ensembles(num_masks, ordering, direct_connection):
+    dim = 9
+    model = MADE(dim, (24, 24), num_masks, ordering, direct_connection, seed=11).double()
+    with torch.no_grad():
+        for parameter in model.parameters():  # large weights: far from uniform outputs
+            parameter.normal_(0, 1.5)
+    x = all_binary_vectors(dim)
+    with torch.no_grad():
+        for n_masks in [1] if num_masks == 1 else [1, 3]:
+            total = model.log_prob(x, n_masks=n_masks).exp().sum().item()
+            assert total == pytest.approx(1.0, abs=1e-5), (n_masks, total)
+        if num_masks != 1:
+            # a single non-zero mask index is normalised too
+            assert model.mask_log_prob(x, 2).exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ensemble_averages_probabilities_not_logits():
+    dim, n_masks = 8, 4
+    model = MADE(dim, (32,), n_masks, "agnostic", seed=2).double()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 1.0)
+    x = all_binary_vectors(dim)
+    with torch.no_grad():
+        single = torch.stack([model.mask_log_prob(x, k) for k in range(n_masks)])
+        expected = torch.logsumexp(single, 0) - math.log(n_masks)
+        ensemble = model.log_prob(x, n_masks=n_masks)
+        assert torch.allclose(ensemble, expected, atol=1e-10)
+        mean_logits = torch.stack([model.logits(x, k) for k in range(n_masks)]).mean(0)
+        logit_average = model._log_likelihoods(mean_logits, x).sum(1)
+        assert (ensemble - logit_average).abs().max() > 1e-3
+        # The logit average is not even a distribution; the ensemble is.
+        assert ensemble.exp().sum().item() == pytest.approx(1.0, abs=1e-6)
+        assert abs(logit_average.exp().sum().item() - 1.0) > 1e-3
+
+
+def test_ensemble_size_checked():
+    model = MADE(5, (8,), num_masks=2)
+    with pytest.raises(ValueError, match="exceeds the model's 2 masks"):
+        model.log_prob(torch.zeros(1, 5), n_masks=3)
+    with pytest.raises(ValueError, match="out of range"):
+        model.logits(torch.zeros(1, 5), mask_index=2)
+
+
+def test_constructor_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="ordering"):
+        MADE(5, (8,), ordering="backwards")
+    with pytest.raises(ValueError, match="activation"):
+        MADE(5, (8,), activation="gelu")
+    with pytest.raises(ValueError, match="num_masks"):
+        MADE(5, (8,), num_masks=-1)
+    with pytest.raises(ValueError, match="hidden_sizes"):
+        MADE(5, ())
+
+
+def test_masks_cached_per_index_and_device():
+    model = MADE(6, (10,), num_masks=3)
+    assert model.masks(1) is model.masks(1)
+    assert model.masks(1) is not model.masks(2)
+    model.double()  # any _apply clears the cache; masks rebuilt identical
+    assert torch.equal(model.masks(1).output, make_masks(6, (10,), "natural", 0, 1).output)
+
+
+def test_sampling_mode_uses_fresh_masks():
+    model = MADE(12, (30,), num_masks=MASK_SAMPLING, ordering="agnostic")
+    assert [model.training_mask_index(s) for s in range(4)] == [0, 1, 2, 3]
+    cycled = MADE(12, (30,), num_masks=3)
+    assert [cycled.training_mask_index(s) for s in range(5)] == [0, 1, 2, 0, 1]
+    for step in range(100):
+        model.masks(step)
+    assert len(model._mask_cache) <= 64
+
+
+def test_samples_follow_model_distribution():
+    dim = 4
+    model = MADE(dim, (16,), num_masks=1, ordering="random", seed=4).double()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 2.0)
+    generator = torch.Generator().manual_seed(0)
+    samples = model.sample(20000, generator=generator)
+    assert set(samples.unique().tolist()) <= {0.0, 1.0}
+    x = all_binary_vectors(dim)
+    with torch.no_grad():
+        probabilities = model.log_prob(x).exp()
+    codes = (samples * (2 ** torch.arange(dim - 1, -1, -1, dtype=torch.float64))).sum(1).long()
+    empirical = torch.bincount(codes, minlength=2**dim).double() / len(samples)
+    assert (empirical - probabilities).abs().max() < 0.015
+
+
+def test_conditional_log_prob_is_normalised_over_missing():
+    dim = 8
+    model = MADE(dim, (32,), num_masks=MASK_SAMPLING, ordering="agnostic", seed=9).double()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 1.0)
+    observed = torch.tensor([1, 0, 1, 0, 0, 1, 0, 0], dtype=torch.bool)
+    known = torch.tensor([1.0, 0.0, 1.0])
+    completions = all_binary_vectors(int((~observed).sum()))
+    x = torch.zeros(len(completions), dim, dtype=torch.float64)
+    x[:, observed] = known.double()
+    x[:, ~observed] = completions
+    with torch.no_grad():
+        for n_masks in (1, 5):
+            total = model.conditional_log_prob(x, observed, n_masks=n_masks).exp().sum().item()
+            assert total == pytest.approx(1.0, abs=1e-6)
+        # Changing an observed value changes the conditional.
+        flipped = x.clone()
+        flipped[:, 0] = 0.0
+        assert not torch.allclose(model.conditional_log_prob(x, observed), model.conditional_log_prob(flipped, observed))
+    with pytest.raises(ValueError, match="order-agnostic"):
+        MADE(dim, (8,)).conditional_log_prob(x.float(), observed)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = MADE(10, (12, 12), num_masks=3, ordering="agnostic", direct_connection=True, activation="tanh", seed=7)
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path)
+    x = torch.bernoulli(torch.full((4, 10), 0.5))
+    with torch.no_grad():
+        assert torch.equal(model.log_prob(x, n_masks=3), loaded.log_prob(x, n_masks=3))
+    with pytest.raises(FileNotFoundError, match="no MADE model"):
+        load_model(tmp_path / "nowhere")
