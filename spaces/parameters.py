@@ -1,0 +1,193 @@
+"""The canonical MADE hyperparameters: names, types, domains, defaults, meaning.
+
+Every trial configuration is a flat dict with exactly the keys of
+``HYPERPARAMETERS`` (in that order when order matters, e.g. table columns), each
+holding a value of the parameter's ``type`` inside its domain. Search spaces
+choose values only for these names; whatever a space does not search or fix
+takes the ``default`` below.
+
+Conventions shared with ``made_core`` (which defines the same constants itself;
+``spaces`` imports nothing of ours):
+
+- ``num_masks``: K >= 1 connectivity masks cycled one per minibatch, K = 1 being
+  the plain MADE; ``MASK_SAMPLING`` (0) means a fresh mask every minibatch, the
+  paper's "mask sampling".
+- ``learning_rate``, ``momentum`` and ``weight_decay`` are the ``lr``,
+  ``momentum`` and ``weight_decay`` arguments of the ``torch.optim`` optimizer
+  named by ``optimizer`` (so Adadelta's reference learning rate is 1.0, Adam's
+  1e-3). ``momentum`` is used by SGD only.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+MASK_SAMPLING = 0
+"""``num_masks`` value meaning a fresh mask every minibatch (same value as in made_core)."""
+
+ORDERINGS: tuple[str, ...] = ("natural", "random", "agnostic")
+ACTIVATIONS: tuple[str, ...] = ("relu", "tanh")
+OPTIMIZERS: tuple[str, ...] = ("adam", "adagrad", "adadelta", "sgd")
+
+
+@dataclass(frozen=True)
+class ParameterInfo:
+    """One canonical hyperparameter.
+
+    ``type`` is int, float, bool or str. bool and str parameters take one of
+    ``choices``; int and float parameters take a number between ``minimum`` and
+    ``maximum`` (None: unbounded), exclusive where ``exclusive_minimum`` /
+    ``exclusive_maximum`` say so.
+    """
+
+    name: str
+    type: type
+    default: Any
+    doc: str
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    exclusive_maximum: bool = False
+
+    @property
+    def is_numeric(self) -> bool:
+        """True for int and float parameters (those that take ranges)."""
+        return self.type in (int, float)
+
+    def domain_text(self) -> str:
+        """The allowed values in words, e.g. ``int >= 1`` or ``one of adam, sgd``."""
+        if self.choices is not None:
+            return "one of " + ", ".join(_show(choice) for choice in self.choices)
+        parts = []
+        if self.minimum is not None:
+            parts.append(f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}")
+        if self.maximum is not None:
+            parts.append(f"{'<' if self.exclusive_maximum else '<='} {self.maximum:g}")
+        return f"{self.type.__name__} " + " and ".join(parts) if parts else self.type.__name__
+
+    def problem_with(self, value: Any) -> str | None:
+        """Why ``value`` is not a valid value of this parameter, or None if it is.
+
+        Exact types: bool is not an int here, an int is accepted for a float
+        parameter only after ``normalize``.
+        """
+        if self.type is bool:
+            if not isinstance(value, bool):
+                return f"expected true or false, got {_show(value)} ({type(value).__name__})"
+            return None
+        if self.type is str:
+            if value not in self.choices:
+                return f"unknown value {_show(value)} (allowed: {', '.join(self.choices)})"
+            return None
+        if self.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"expected an integer, got {_show(value)} ({type(value).__name__})"
+        if self.type is float:
+            if isinstance(value, bool) or not isinstance(value, float):
+                return f"expected a number, got {_show(value)} ({type(value).__name__})"
+            if not math.isfinite(value):
+                return f"expected a finite number, got {_show(value)}"
+        if not self._within_bounds(value):
+            return f"{_show(value)} is outside the allowed range ({self.domain_text()})"
+        return None
+
+    def normalize(self, value: Any) -> Any:
+        """``value`` in this parameter's Python type where that loses nothing.
+
+        Integers become floats for float parameters and integral objects (such as
+        numpy integers) plain ints for int parameters; anything else is returned
+        unchanged for ``problem_with`` to judge.
+        """
+        if isinstance(value, bool):
+            return value
+        if self.type is float and isinstance(value, numbers.Real):
+            return float(value)
+        if self.type is int and isinstance(value, numbers.Integral):
+            return int(value)
+        return value
+
+    def _within_bounds(self, value: float) -> bool:
+        if self.minimum is not None:
+            if value < self.minimum or (self.exclusive_minimum and value == self.minimum):
+                return False
+        if self.maximum is not None:
+            if value > self.maximum or (self.exclusive_maximum and value == self.maximum):
+                return False
+        return True
+
+
+def _show(value: Any) -> str:
+    """A value as a space file writes it: strings quoted, booleans true/false, numbers bare."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+PARAMETERS: dict[str, ParameterInfo] = {
+    info.name: info
+    for info in (
+        ParameterInfo(
+            "hidden_layers", int, 1, "Depth: the number of hidden layers.", minimum=1
+        ),
+        ParameterInfo(
+            "hidden_units", int, 500, "Width: units in every hidden layer (all layers equally wide).", minimum=1
+        ),
+        ParameterInfo(
+            "num_masks",
+            int,
+            1,
+            "Connectivity masks cycled one per minibatch: 1 is the plain MADE, K > 1 is "
+            "connectivity-agnostic training with K masks, 0 (MASK_SAMPLING) draws a fresh mask "
+            "every minibatch (the paper's mask sampling). Convention shared with made_core.",
+            minimum=0,
+        ),
+        ParameterInfo(
+            "ordering",
+            str,
+            "natural",
+            "Input ordering strategy: natural (1..D), random (one fixed random permutation), "
+            "agnostic (every mask draws its own ordering; with num_masks=1 this is one random ordering).",
+            choices=ORDERINGS,
+        ),
+        ParameterInfo(
+            "direct_connection",
+            bool,
+            False,
+            "Add a direct input-to-output connection, masked strictly lower-triangular in ordering space.",
+            choices=(True, False),
+        ),
+        ParameterInfo("activation", str, "relu", "Hidden-unit nonlinearity.", choices=ACTIVATIONS),
+        ParameterInfo("optimizer", str, "adam", "The torch.optim optimizer.", choices=OPTIMIZERS),
+        ParameterInfo(
+            "learning_rate",
+            float,
+            1e-3,
+            "The optimizer's lr (torch.optim semantics: Adam ~1e-3, Adagrad ~1e-2, Adadelta 1.0).",
+            minimum=0.0,
+            exclusive_minimum=True,
+        ),
+        ParameterInfo(
+            "momentum",
+            float,
+            0.0,
+            "SGD momentum; ignored by the other optimizers.",
+            minimum=0.0,
+            maximum=1.0,
+            exclusive_maximum=True,
+        ),
+        ParameterInfo(
+            "weight_decay", float, 0.0, "L2 penalty: the optimizer's weight_decay argument.", minimum=0.0
+        ),
+        ParameterInfo("batch_size", int, 100, "Training minibatch size.", minimum=1),
+    )
+}
+"""Every canonical hyperparameter by name, in canonical order."""
+
+HYPERPARAMETERS: tuple[str, ...] = tuple(PARAMETERS)
+"""The canonical hyperparameter names in canonical order (config keys, table columns)."""
+
+DEFAULTS: dict[str, Any] = {name: info.default for name, info in PARAMETERS.items()}
+"""The default configuration: the plain MADE (one 500-unit layer, one mask, natural order, Adam)."""
