@@ -88,3 +88,87 @@ BEST_TABLE_COLUMNS = (
     "sweep_wall_seconds",
     "sweep_num_trials",
 )
+
+# --- Added for results.aggregate (additions only; the names above are unchanged) ---
+
+# Where the winning configuration's hyperparameter columns go in BEST_TABLE_COLUMNS:
+# right after this column.
+BEST_TABLE_HYPERPARAMETERS_AFTER = "delta_vs_paper"
+
+# Always written after BEST_TABLE_COLUMNS (empty where they do not apply):
+BEST_TABLE_EXTRA_COLUMNS = (
+    "true_test_nll",  # synthetic data: the exact NLL of the true distribution on the test set
+    "delta_vs_true",  # test_nll - true_test_nll (>= 0 up to noise)
+    "note",  # EXPERIMENT_OPTIONAL_KEYS["data_note"], e.g. "stand-in binarization of MNIST"
+)
+
+# Optional keys an experiment.json may carry beyond EXPERIMENT_KEYS.
+EXPERIMENT_OPTIONAL_KEYS = (
+    "data_note",  # free text copied into the best table's `note` column
+    "true_test_nll",  # synthetic datasets: exact test NLL of the generating distribution
+)
+
+# Optional keys a best.json may carry beyond BEST_KEYS (it wins over experiment.json).
+BEST_OPTIONAL_KEYS = ("true_test_nll",)
+
+# trials.csv under results/tables/: these, then TRIAL_COLUMNS, then ALL_TRIALS_TEST_COLUMN,
+# then one column per hyperparameter.
+ALL_TRIALS_LEADING_COLUMNS = ("dataset", "experiment")
+# Filled only for each experiment's best trial (the only one evaluated on the test set).
+ALL_TRIALS_TEST_COLUMN = "test_nll"
+
+# by_masks.csv under results/tables/: for each (dataset, num_masks, ordering) the trial
+# with the lowest validation NLL; test_nll only when that trial was its experiment's best.
+BY_MASKS_COLUMNS = (
+    "dataset",
+    "num_masks",  # 0 = a fresh mask every minibatch ("mask sampling")
+    "ordering",
+    "valid_nll",  # the chosen trial's best_valid_nll
+    "test_nll",  # empty unless the chosen trial was evaluated on the test set
+    "experiment",
+    "trial_id",
+    "group_trials",  # how many trials the group holds
+)
+
+# Hyperparameter names in table order, used only while spaces.HYPERPARAMETERS is not
+# importable; config keys not listed here follow, sorted.
+KNOWN_HYPERPARAMETERS = (
+    "hidden_layers",
+    "hidden_units",
+    "num_masks",
+    "ordering",
+    "direct_connection",
+    "activation",
+    "optimizer",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "batch_size",
+)
+
+# The paper's numbers: results/paper_nll.csv (package data), one row per (dataset, model
+# variant); test NLL in nats per example, positive.
+PAPER_NLL_FILE = "paper_nll.csv"
+PAPER_NLL_COLUMNS = (
+    "dataset",  # canonical name (made_core.data)
+    "model",  # MADE | MADE mask sampling | NADE | EoNADE | DARN | RBM | FVSBN | MoB | ...
+    "hidden_layers",  # empty where the paper does not say
+    "hidden_units",
+    "num_masks",  # 0 = mask sampling; empty where not applicable / chosen by validation
+    "test_nll",
+    "approximate",  # True where the paper prints "≈" (an estimate or bound, not exact)
+    "source",  # table/figure of Germain et al. 2015
+    "verified",  # True when checked against a source other than memory (see note)
+    "note",
+)
+# Models whose numbers count as "the paper's MADE" for paper_made_nll.
+PAPER_MADE_MODELS = ("MADE", "MADE mask sampling")
+
+# Figures under results/figures/ (str.format templates).
+CURVES_FIGURE = "{experiment}_curves.png"
+BEST_SO_FAR_FIGURE = "{experiment}_best_so_far.png"
+NLL_VS_MASKS_FIGURE = "{dataset}_nll_vs_masks.png"
+SAMPLES_FIGURE = "{dataset}_samples.png"
+
+# Lock file in the tables folder that serialises read-merge-write of the tables.
+TABLES_LOCK_FILE = ".lock"
