@@ -108,7 +108,11 @@ def samples_figure(dataset: str, checkpoint_dir: Path, path: Path, *, title: str
         generator.manual_seed(SAMPLES_SEED)
         samples = model.sample(GRID_SIDE * GRID_SIDE, mask_index=0, generator=generator)
         samples = samples.detach().cpu().numpy().astype(np.float32)
-        train = np.asarray(load_dataset(dataset).train, dtype=np.float32)
+        try:  # never download in an aggregation: the sweep that trained the model had the file
+            splits = load_dataset(dataset, download=False)
+        except TypeError:  # a load_dataset without the download flag
+            splits = load_dataset(dataset)
+        train = np.asarray(splits.train, dtype=np.float32)
     except Exception as error:  # a missing package, file or API must not stop the tables
         logger.warning("no samples figure for %s (model %s): %s: %s", dataset, checkpoint_dir, type(error).__name__, error)
         return None
