@@ -1,0 +1,51 @@
+"""Negative log-likelihood of a data set under a MADE, with its standard error."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from made_core.model import MADE
+
+
+@dataclass(frozen=True)
+class NLL:
+    """Mean negative log-likelihood in nats per example, and the standard error of that mean."""
+
+    mean: float
+    stderr: float
+    examples: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.stderr:.2f} nats"
+
+
+def as_tensor(data: np.ndarray | torch.Tensor, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """(N, D) rows as a tensor on ``device``; numpy arrays are not copied on the CPU."""
+    tensor = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
+    return tensor.to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def example_log_probs(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 1, batch_size: int = 1000) -> torch.Tensor:
+    """(N,) float64 log p(x) per row (nats), the ensemble over ``n_masks`` masks."""
+    was_training = model.training
+    model.eval()
+    weight = model.output_layer.weight
+    rows = as_tensor(data, weight.device, weight.dtype)
+    pieces = [model.log_prob(rows[start : start + batch_size], n_masks=n_masks) for start in range(0, len(rows), batch_size)]
+    model.train(was_training)
+    return torch.cat(pieces).double().cpu()
+
+
+def evaluate_nll(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 1, batch_size: int = 1000) -> NLL:
+    """Average NLL over the rows of ``data`` with the probability-space ensemble of ``n_masks`` masks."""
+    log_probs = example_log_probs(model, data, n_masks, batch_size)
+    count = log_probs.numel()
+    if count == 0:
+        raise ValueError("cannot evaluate an NLL on an empty data set")
+    stderr = float(log_probs.std(unbiased=True)) / math.sqrt(count) if count > 1 else float("nan")
+    return NLL(mean=float(-log_probs.mean()), stderr=stderr, examples=count)

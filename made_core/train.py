@@ -1,0 +1,411 @@
+"""Training one MADE: minibatches, one mask per minibatch, validation, early stopping, checkpoints.
+
+``Trainer.epochs()`` yields an ``EpochResult`` after every epoch, so a caller (the
+command line below, or a Ray Tune trainable) reports and checkpoints without writing
+its own loop. A checkpoint holds everything needed to continue bit for bit: weights,
+optimiser, the shuffling generator, the step counter and the early-stopping state.
+
+Run ``python -m made_core.train --dataset dna`` to train one model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from made_core.evaluate import NLL, as_tensor, evaluate_nll
+from made_core.masks import MASK_SAMPLING, ORDERINGS
+from made_core.model import ACTIVATIONS, MADE
+
+OPTIMIZERS = ("adam", "adagrad", "adadelta", "sgd")
+# Default ensemble sizes: validation runs every epoch, so it uses fewer masks than the test.
+DEFAULT_VALID_MASKS = 8
+DEFAULT_TEST_MASKS = 32
+CHECKPOINT_FILE = "trainer.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one training run. Field names match the search spaces'
+    hyperparameters, except ``hidden_sizes`` (spaces give ``hidden_layers`` x ``hidden_units``).
+
+    The defaults are a strong general choice rather than the plain MADE: an ensemble of
+    8 order-agnostic masks with the direct input->output connection (on dna it reaches a
+    test NLL of about 83.8 where the plain, natural-order MADE stops near 90).
+    """
+
+    hidden_sizes: tuple[int, ...] = (500,)
+    num_masks: int = 8  # K >= 1 cycled masks, or 0 (MASK_SAMPLING): a fresh mask every minibatch
+    ordering: str = "agnostic"
+    direct_connection: bool = True
+    activation: str = "relu"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    batch_size: int = 100
+    grad_clip: float | None = None  # max gradient norm; None: no clipping
+    max_epochs: int = 200
+    patience: int = 30  # epochs without a better validation NLL before stopping (the paper's 30)
+    valid_masks: int | None = None  # validation ensemble; None: min(num_masks, 8), 8 for mask sampling
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+        problems = []
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            problems.append(f"hidden_sizes must be positive sizes, got {list(self.hidden_sizes)}")
+        if self.num_masks < 0:
+            problems.append(f"num_masks must be >= 1, or {MASK_SAMPLING} for mask sampling, got {self.num_masks}")
+        if self.ordering not in ORDERINGS:
+            problems.append(f"ordering must be one of {', '.join(ORDERINGS)}, got {self.ordering!r}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not self.learning_rate > 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            problems.append(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.valid_masks is not None and self.valid_masks < 1:
+            problems.append(f"valid_masks must be >= 1, got {self.valid_masks}")
+        if self.valid_masks is not None and self.num_masks >= 1 and self.valid_masks > self.num_masks:
+            problems.append(f"valid_masks={self.valid_masks} exceeds num_masks={self.num_masks}")
+        if problems:
+            raise ValueError("invalid training configuration: " + "; ".join(problems))
+
+    @property
+    def validation_masks(self) -> int:
+        if self.valid_masks is not None:
+            return self.valid_masks
+        return DEFAULT_VALID_MASKS if self.num_masks == MASK_SAMPLING else min(self.num_masks, DEFAULT_VALID_MASKS)
+
+    @classmethod
+    def from_hyperparameters(cls, hyperparameters: Mapping[str, Any], **settings: Any) -> "TrainConfig":
+        """Build from a search-space config (``hidden_layers``, ``hidden_units``, ...) plus run settings.
+
+        Keys that are not training fields raise, so a misspelt hyperparameter is never ignored.
+        """
+        values = dict(hyperparameters)
+        if "hidden_layers" in values or "hidden_units" in values:
+            layers, units = int(values.pop("hidden_layers", 1)), int(values.pop("hidden_units", 500))
+            values["hidden_sizes"] = (units,) * layers
+        values.update(settings)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        return cls(**values)
+
+
+def default_test_masks(num_masks: int) -> int:
+    """The test-time ensemble: all K masks of a cycled model, 32 for mask sampling."""
+    return DEFAULT_TEST_MASKS if num_masks == MASK_SAMPLING else num_masks
+
+
+def resolve_device(requested: str) -> torch.device:
+    """"auto" picks CUDA when available; a CUDA request without CUDA falls back to the CPU with a warning."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn(f"device {requested!r} requested but CUDA is not available; training on the CPU", stacklevel=2)
+        return torch.device("cpu")
+    return device
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch produced. NLLs are nats per example; validation uses the mask ensemble.
+
+    ``status``: "running", or why training ended after this epoch: "finished" (max_epochs),
+    "early_stopped" (patience ran out) or "diverged" (a non-finite loss; NLLs are then inf).
+    """
+
+    epoch: int
+    train_nll: float
+    valid_nll: float
+    best_valid_nll: float
+    best_epoch: int
+    is_best: bool
+    epoch_seconds: float
+    examples_per_second: float
+    status: str
+
+    @property
+    def done(self) -> bool:
+        return self.status != "running"
+
+
+@dataclass
+class _Progress:
+    """Mutable training state that a checkpoint must carry besides weights and optimiser."""
+
+    epoch: int = 0
+    step: int = 0
+    best_valid_nll: float = math.inf
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+    status: str = "running"
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains a MADE on (N, D) 0/1 rows. Data lives on the training device for the whole run."""
+
+    def __init__(self, config: TrainConfig, train_data: np.ndarray | torch.Tensor, valid_data: np.ndarray | torch.Tensor) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)  # weight initialisation is part of the seeded run
+        input_dim = int(train_data.shape[1])
+        if valid_data.shape[1] != input_dim:
+            raise ValueError(f"train rows have {input_dim} columns but valid rows have {valid_data.shape[1]}")
+        self.model = MADE(
+            input_dim, config.hidden_sizes, config.num_masks, config.ordering, config.direct_connection, config.activation, config.seed
+        ).to(self.device)
+        self.train_rows = as_tensor(train_data, self.device, torch.float32)
+        self.valid_rows = as_tensor(valid_data, self.device, torch.float32)
+        self.optimizer = self._make_optimizer()
+        self.shuffle_generator = torch.Generator().manual_seed(config.seed)
+        self.progress = _Progress()
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c, parameters = self.config, self.model.parameters()
+        if c.optimizer == "adam":
+            return torch.optim.Adam(parameters, lr=c.learning_rate, weight_decay=c.weight_decay)
+        if c.optimizer == "adagrad":
+            return torch.optim.Adagrad(parameters, lr=c.learning_rate, weight_decay=c.weight_decay)
+        if c.optimizer == "adadelta":
+            return torch.optim.Adadelta(parameters, lr=c.learning_rate, weight_decay=c.weight_decay)
+        return torch.optim.SGD(parameters, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    # -- the loop ---------------------------------------------------------------------
+    def epochs(self) -> Iterator[EpochResult]:
+        """Train epoch by epoch until max_epochs, early stopping or divergence."""
+        while self.progress.status == "running":
+            yield self.run_epoch()
+
+    def run_epoch(self) -> EpochResult:
+        """One pass over the shuffled training rows, one mask per minibatch, then validation."""
+        if self.progress.status != "running":
+            raise RuntimeError(f"training already ended ({self.progress.status})")
+        start = time.perf_counter()
+        self.model.train()
+        order = torch.randperm(len(self.train_rows), generator=self.shuffle_generator).to(self.device)
+        total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        for batch_start in range(0, len(order), self.config.batch_size):
+            batch = self.train_rows[order[batch_start : batch_start + self.config.batch_size]]
+            logits = self.model.logits(batch, self.model.training_mask_index(self.progress.step))
+            # Sum over dimensions, mean over examples: the NLL in nats per example.
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch, reduction="sum") / len(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            self.progress.step += 1
+            total_loss += loss.detach().double() * len(batch)
+        train_nll = float(total_loss) / len(order)  # one device sync per epoch, not per step
+        self.progress.epoch += 1
+        if not math.isfinite(train_nll):
+            return self._finish_epoch(start, math.inf, math.inf, "diverged")
+        valid_nll = self.evaluate(self.valid_rows, self.config.validation_masks).mean
+        if not math.isfinite(valid_nll):
+            return self._finish_epoch(start, train_nll, math.inf, "diverged")
+        return self._finish_epoch(start, train_nll, valid_nll, None)
+
+    def _finish_epoch(self, start: float, train_nll: float, valid_nll: float, status: str | None) -> EpochResult:
+        p, c = self.progress, self.config
+        is_best = valid_nll < p.best_valid_nll
+        if is_best:
+            p.best_valid_nll, p.best_epoch, p.epochs_since_best = valid_nll, p.epoch, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            p.epochs_since_best += 1
+        if status is None:
+            status = "early_stopped" if p.epochs_since_best >= c.patience else "finished" if p.epoch >= c.max_epochs else "running"
+        p.status = status
+        if status != "running":
+            self.restore_best()
+        seconds = time.perf_counter() - start
+        result = EpochResult(
+            p.epoch, train_nll, valid_nll, p.best_valid_nll, p.best_epoch, is_best, seconds, len(self.train_rows) / seconds, status
+        )
+        p.history.append({"epoch": p.epoch, "train_nll": train_nll, "valid_nll": valid_nll, "epoch_seconds": seconds})
+        return result
+
+    def restore_best(self) -> None:
+        """Put the weights of the best validation epoch back (no-op before any finite epoch)."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    def evaluate(self, data: np.ndarray | torch.Tensor, n_masks: int | None = None) -> NLL:
+        """NLL of ``data`` under the current weights with an ``n_masks`` ensemble (default: the test ensemble)."""
+        masks = default_test_masks(self.config.num_masks) if n_masks is None else n_masks
+        return evaluate_nll(self.model, data, masks, self.config.eval_batch_size)
+
+    # -- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "model": self.model.state_dict(),
+            "model_config": self.model.config(),
+            "optimizer": self.optimizer.state_dict(),
+            "shuffle_generator": self.shuffle_generator.get_state(),
+            "progress": asdict(self.progress),
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.shuffle_generator.set_state(state["shuffle_generator"])
+        self.progress = _Progress(**state["progress"])
+        self.best_state = state["best_state"]
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """Write ``trainer.pt`` into ``directory`` atomically; returns its path."""
+        path = Path(directory) / CHECKPOINT_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), temporary)
+        temporary.replace(path)
+        return path
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        directory: str | Path,
+        train_data: np.ndarray | torch.Tensor,
+        valid_data: np.ndarray | torch.Tensor,
+        device: str | None = None,
+        max_epochs: int | None = None,
+    ) -> "Trainer":
+        """Rebuild a trainer from ``save_checkpoint``'s folder and continue where it stopped.
+
+        ``max_epochs`` above the checkpoint's lets a run that reached its limit train on
+        (from its best weights, which a finished run holds).
+        """
+        path = Path(directory) / CHECKPOINT_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"no training checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        config_values = dict(state["config"])
+        if device is not None:
+            config_values["device"] = device
+        if max_epochs is not None:
+            config_values["max_epochs"] = max_epochs
+        trainer = cls(TrainConfig(**config_values), train_data, valid_data)
+        trainer.load_state_dict(state)
+        if trainer.progress.status == "finished" and trainer.progress.epoch < trainer.config.max_epochs:
+            trainer.progress.status = "running"
+        return trainer
+
+
+# -- command line ---------------------------------------------------------------------
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m made_core.train", description="Train one MADE and report its test NLL.")
+    parser.add_argument("--dataset", required=True, help="dataset name (e.g. dna, mnist, synthetic-mob)")
+    parser.add_argument("--data-dir", default=None, help="folder of .npz files (default: $MADE_DATA_DIR, else a cache dir)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=list(defaults.hidden_sizes), help="hidden layer sizes, e.g. 500 500")
+    parser.add_argument("--num-masks", type=int, default=defaults.num_masks, help="masks cycled per minibatch; 0: a fresh mask every minibatch")
+    parser.add_argument("--ordering", choices=ORDERINGS, default=defaults.ordering)
+    parser.add_argument("--direct-connection", action=argparse.BooleanOptionalAction, default=defaults.direct_connection,
+                        help="the masked input->output layer")
+    parser.add_argument("--activation", choices=tuple(ACTIVATIONS), default=defaults.activation)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--momentum", type=float, default=defaults.momentum)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--grad-clip", type=float, default=None)
+    parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
+    parser.add_argument("--patience", type=int, default=defaults.patience)
+    parser.add_argument("--valid-masks", type=int, default=None, help="validation ensemble size (default min(num_masks, 8))")
+    parser.add_argument("--test-masks", type=int, default=None, help="test ensemble size (default num_masks; 32 for mask sampling)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--checkpoint-dir", default=None, help="write a checkpoint here every epoch")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    parser.add_argument("--save-model", default=None, help="folder to write the best model (model.pt) to")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from made_core.data import DatasetError, load_dataset  # the CLI needs data; the library does not
+
+    args = _parse_args(argv)
+    try:
+        if args.resume and not args.checkpoint_dir:
+            raise ValueError("--resume needs --checkpoint-dir")
+        config = TrainConfig(
+            hidden_sizes=tuple(args.hidden), num_masks=args.num_masks, ordering=args.ordering,
+            direct_connection=args.direct_connection, activation=args.activation, optimizer=args.optimizer,
+            learning_rate=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay,
+            batch_size=args.batch_size, grad_clip=args.grad_clip, max_epochs=args.max_epochs, patience=args.patience,
+            valid_masks=args.valid_masks, seed=args.seed, device=args.device,
+        )  # fmt: skip
+        test_masks = default_test_masks(config.num_masks) if args.test_masks is None else args.test_masks
+        if test_masks < 1 or (config.num_masks >= 1 and test_masks > config.num_masks):
+            raise ValueError(f"--test-masks must be between 1 and num_masks ({config.num_masks}), got {test_masks}")
+        data = load_dataset(args.dataset, data_dir=args.data_dir)
+        if args.resume:
+            trainer = Trainer.from_checkpoint(args.checkpoint_dir, data.train, data.valid, args.device, args.max_epochs)
+        else:
+            trainer = Trainer(config, data.train, data.valid)
+    except (ValueError, DatasetError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    print(f"{data.name}: {data.train.shape[0]}/{data.valid.shape[0]}/{data.test.shape[0]} rows, D={data.input_dim}; "
+          f"training on {trainer.device}; {trainer.config}", flush=True)  # fmt: skip
+    for result in trainer.epochs():
+        marker = " *" if result.is_best else ""
+        print(
+            f"epoch {result.epoch:4d}  train {result.train_nll:9.3f}  valid {result.valid_nll:9.3f}  "
+            f"best {result.best_valid_nll:9.3f} (epoch {result.best_epoch})  "
+            f"{result.epoch_seconds:6.2f}s  {result.examples_per_second:8.0f} ex/s{marker}",
+            flush=True,
+        )
+        if args.checkpoint_dir:
+            trainer.save_checkpoint(args.checkpoint_dir)
+    if trainer.progress.best_epoch == 0:
+        print(f"training diverged at epoch {trainer.progress.epoch}: no finite validation NLL; no test NLL reported", file=sys.stderr)
+        return 1
+    print(f"stopped: {trainer.progress.status} after {trainer.progress.epoch} epochs; best valid NLL "
+          f"{trainer.progress.best_valid_nll:.3f} at epoch {trainer.progress.best_epoch}")  # fmt: skip
+    if args.save_model:
+        from made_core.model import save_model
+
+        print(f"model written to {save_model(trainer.model, args.save_model)}")
+    test = trainer.evaluate(data.test, test_masks)
+    line = f"test NLL ({test_masks} mask{'s' if test_masks > 1 else ''}): {test}"
+    if data.true_test_nll is not None:
+        line += f"   (true NLL of the test set: {data.true_test_nll:.2f})"
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
