@@ -322,6 +322,17 @@ class Trainer:
         return trainer
 
 
+
+def load_best_model(directory: str | Path, map_location: str | torch.device = "cpu") -> MADE:
+    """The best-validation weights held by a ``save_checkpoint`` folder, as a MADE (no data needed)."""
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no training checkpoint at {path}")
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    model = MADE(**state["model_config"])
+    model.load_state_dict(state["best_state"] if state["best_state"] is not None else state["model"])
+    return model.to(map_location)
+
 # -- command line ---------------------------------------------------------------------
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = TrainConfig()
