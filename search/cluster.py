@@ -1,0 +1,48 @@
+"""Multi-node helpers for the search CLI: how many nodes, and is --storage usable.
+
+Ray Tune no longer syncs trial results to the head node: every node writes its trials'
+checkpoints and results straight to the storage path. On a cluster with more than one
+node that path must therefore be reachable by all of them (s3://, gs://, ... or a
+shared filesystem mounted at the same path on every node).
+"""
+
+from __future__ import annotations
+
+import re
+
+_URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+def count_alive_nodes() -> int:
+    """Number of alive nodes in the Ray cluster this process is connected to
+    (call after ``ray.init``)."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def is_local_path(storage: str) -> bool:
+    """True for a filesystem path (``/x``, ``runs``, ``~/x``, ``C:\\x``) or a
+    ``file://`` URI; False for a URI with any other scheme (``s3://``, ``gs://``, ...)."""
+    match = _URI_SCHEME.match(storage.strip())
+    if match is None:
+        return True
+    scheme = match.group(1).lower()
+    # A one-letter "scheme" is a Windows drive letter (C://x), not a URI.
+    return scheme == "file" or len(scheme) == 1
+
+
+def check_storage_for_cluster(storage: str, storage_is_shared: bool, num_nodes: int) -> None:
+    """Refuse a local --storage on a multi-node cluster unless declared shared.
+
+    Raises ValueError when ``num_nodes > 1``, ``storage`` is a local path and
+    ``storage_is_shared`` (the CLI's ``--shared-storage``) is False.
+    """
+    if num_nodes <= 1 or storage_is_shared or not is_local_path(storage):
+        return
+    raise ValueError(
+        f"--storage {storage} is a local path but the cluster has {num_nodes} nodes: "
+        "trials on other nodes cannot write there. Use a URI every node can reach "
+        "(s3://..., gs://...) or a shared filesystem mounted at the same path on every "
+        "node and pass --shared-storage."
+    )
