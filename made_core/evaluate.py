@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +25,16 @@ class NLL:
 
 
 def as_tensor(data: np.ndarray | torch.Tensor, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
-    """(N, D) rows as a tensor on ``device``; numpy arrays are not copied on the CPU."""
-    tensor = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
-    return tensor.to(device=device, dtype=dtype)
+    """(N, D) rows as a tensor on ``device``; numpy arrays are not copied on the CPU.
+
+    Read-only arrays (Ray's object store hands those out) are shared, not copied: data
+    tensors are only ever read, so torch's warning about non-writable memory does not apply.
+    """
+    if isinstance(data, np.ndarray):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            data = torch.from_numpy(np.ascontiguousarray(data))
+    return data.to(device=device, dtype=dtype)
 
 
 @torch.no_grad()

@@ -1,0 +1,184 @@
+"""The files of an experiment folder (names and columns from results.schema), and the final test.
+
+After the sweep (or after an interrupted one) the driver reads the experiment back with
+Ray's ``ExperimentAnalysis``, writes ``trials.csv`` and ``curves.csv``, picks the best
+trial by validation NLL (never by test NLL), evaluates it once on the test set with its
+mask ensemble and writes ``best.json`` and the best model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from made_core.evaluate import evaluate_nll
+from made_core.model import save_model
+from made_core.train import default_test_masks, load_best_model
+from results import schema
+from results.atomic import atomic_write_csv, atomic_write_text
+from search.trainable import OBJECTIVE
+from spaces import HYPERPARAMETERS
+
+BEST_MODEL_FOLDER = "best_model"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as read back from Ray's experiment state."""
+
+    trial_id: str
+    status: str
+    config: dict[str, Any]
+    last_result: dict[str, Any]
+    history: pd.DataFrame
+    num_failures: int
+    checkpoint_path: str | None
+
+    @property
+    def best_valid_nll(self) -> float:
+        value = self.last_result.get(OBJECTIVE)
+        return float(value) if value is not None else math.nan
+
+
+def read_trials(experiment_path: Path) -> list[TrialRecord]:
+    """Every trial of the experiment, from Ray's own files (works without Ray running)."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(experiment_path))
+    records = []
+    for trial in analysis.trials:
+        checkpoint = analysis.get_last_checkpoint(trial)
+        records.append(
+            TrialRecord(
+                trial_id=trial.trial_id,
+                status=str(trial.status),
+                config=_canonical_order(trial.config),
+                last_result=dict(trial.last_result or {}),
+                history=analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame()),
+                num_failures=int(getattr(trial, "num_failures", 0)),
+                checkpoint_path=checkpoint.path if checkpoint is not None else None,
+            )
+        )
+    return sorted(records, key=lambda record: record.trial_id)
+
+
+def _canonical_order(config: dict[str, Any]) -> dict[str, Any]:
+    known = [name for name in HYPERPARAMETERS if name in config]
+    return {name: config[name] for name in [*known, *sorted(set(config) - set(known))]}
+
+
+def hyperparameter_columns(records: list[TrialRecord]) -> list[str]:
+    """Canonical hyperparameters first, then any other config keys a custom space added."""
+    seen = {key for record in records for key in record.config}
+    return [name for name in HYPERPARAMETERS if name in seen] + sorted(seen - set(HYPERPARAMETERS))
+
+
+def trials_table(records: list[TrialRecord]) -> pd.DataFrame:
+    columns = [*schema.TRIAL_COLUMNS, *hyperparameter_columns(records)]
+    rows = []
+    for record in records:
+        result = record.last_result
+        rows.append(
+            {
+                "trial_id": record.trial_id,
+                "status": record.status,
+                "epochs": result.get("epoch", 0),
+                "best_valid_nll": record.best_valid_nll,
+                "final_train_nll": result.get("train_nll", math.nan),
+                "wall_seconds": result.get("time_total_s", math.nan),
+                "node_ip": result.get("node_ip", ""),
+                "num_failures": record.num_failures,
+                **record.config,
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def curves_table(records: list[TrialRecord]) -> pd.DataFrame:
+    frames = []
+    for record in records:
+        history = record.history
+        if history.empty or "epoch" not in history:
+            continue
+        # A trial restored from a checkpoint reports some epochs twice; keep the last report.
+        history = history.drop_duplicates(subset="epoch", keep="last")
+        frames.append(
+            pd.DataFrame(
+                {
+                    "trial_id": record.trial_id,
+                    "epoch": history["epoch"].astype(int),
+                    "train_nll": history["train_nll"],
+                    "valid_nll": history["valid_nll"],
+                    "best_valid_nll": history[OBJECTIVE],
+                    "epoch_seconds": history["epoch_seconds"],
+                }
+            )
+        )
+    if not frames:
+        return pd.DataFrame(columns=list(schema.CURVE_COLUMNS))
+    return pd.concat(frames, ignore_index=True)[list(schema.CURVE_COLUMNS)]
+
+
+def write_trial_files(experiment_path: Path, records: list[TrialRecord]) -> None:
+    atomic_write_csv(experiment_path / schema.TRIALS_FILE, trials_table(records))
+    atomic_write_csv(experiment_path / schema.CURVES_FILE, curves_table(records))
+
+
+def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
+    """The trial with the lowest validation NLL that has a checkpoint; None if no trial qualifies."""
+    candidates = [r for r in records if math.isfinite(r.best_valid_nll) and r.checkpoint_path is not None]
+    return min(candidates, key=lambda r: r.best_valid_nll, default=None)
+
+
+def evaluate_best(
+    experiment_path: Path,
+    records: list[TrialRecord],
+    dataset: str,
+    test_data: np.ndarray,
+    test_masks: int | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Evaluate the best trial once on the test set; write best_model/ and best.json. Returns best.json's data."""
+    best = best_trial(records)
+    if best is None:
+        return None
+    model = load_best_model(best.checkpoint_path)
+    num_masks = int(best.config.get("num_masks", 1))
+    masks = default_test_masks(num_masks) if test_masks is None else (test_masks if num_masks == 0 else min(test_masks, num_masks))
+    test = evaluate_nll(model, test_data, n_masks=masks)
+    model_folder = experiment_path / BEST_MODEL_FOLDER
+    save_model(model, model_folder)
+    summary = {
+        "dataset": dataset,
+        "experiment": experiment_path.name,
+        "trial_id": best.trial_id,
+        "config": best.config,
+        "valid_nll": best.best_valid_nll,
+        "test_nll": test.mean,
+        "test_nll_stderr": test.stderr,
+        "test_masks": masks,
+        "checkpoint_path": str(model_folder),
+        "finished_at": utc_now(),
+        **(extra or {}),
+    }
+    write_json(experiment_path / schema.BEST_FILE, summary)
+    return summary

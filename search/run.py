@@ -1,0 +1,366 @@
+"""``python -m search.run --dataset dna``: a hyperparameter sweep of MADE with Ray Tune + Optuna.
+
+The driver validates its input (exit 2 with one line on bad input), loads the data once,
+starts or joins Ray, runs the sweep (OptunaSearch proposes, ASHA stops bad trials early),
+then evaluates the best trial by validation NLL once on the test set and writes the
+experiment's files (trials.csv, curves.csv, best.json, best_model/) and refreshes the
+result tables. ``--resume`` continues an interrupted sweep without losing finished trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from results import schema
+
+EXIT_BAD_INPUT = 2
+EXIT_NO_RESULT = 1
+DEFAULT_STORAGE = "runs"
+# Settings a resumed sweep takes from experiment.json, not from the new command line.
+RESUMED_SETTINGS = ("dataset", "space", "seed", "num_samples", "max_epochs")
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported as one line and exit status 2."""
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90", "45s", "30m", "2h", "1h30m" or "1d"; raises UsageError otherwise."""
+    cleaned = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", cleaned):
+        seconds = float(cleaned)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([dhms])", cleaned)
+        if not parts or "".join(number + unit for number, unit in parts) != cleaned:
+            raise UsageError(f"--time-budget {text!r} is not a duration (examples: 90, 45s, 30m, 2h, 1h30m)")
+        scale = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+        seconds = sum(float(number) * scale[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise UsageError(f"--time-budget must be positive, got {text!r}")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--dataset", required=True, help="dataset name: mnist, adult, connect4, dna, ..., synthetic-mob, synthetic-tiny")
+    add("--space", default="default", help="search space: default, paper, quick, or a .py/.yaml/.json file")
+    add("--num-samples", type=int, default=16, help="number of trials")
+    add("--max-epochs", type=int, default=200, help="epochs per trial at most (ASHA's max_t)")
+    add("--grace-period", type=int, default=10, help="epochs before ASHA may stop a trial")
+    add("--patience", type=int, default=30, help="early-stopping patience in epochs (the paper's 30)")
+    add("--time-budget", default=None, help="stop the sweep cleanly after this long (e.g. 30m, 2h) and still report")
+    add("--cpus-per-trial", type=float, default=1.0)
+    add("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
+    add("--concurrency", type=int, default=None, help="trials at once (default: as many as resources allow)")
+    add("--address", default=None, help="join a running Ray cluster (e.g. auto or HOST:6379); default: start Ray here")
+    add("--num-cpus", type=int, default=None, help="CPUs for a locally started Ray (default: all)")
+    add("--storage", default=DEFAULT_STORAGE, help="parent folder (or URI) of experiment folders")
+    add("--shared-storage", action="store_true", help="declare a local --storage path shared by every node (e.g. NFS)")
+    add("--name", default=None, help="experiment name (default: <dataset>-<space>-<UTC time>)")
+    add("--resume", action="store_true", help="continue the interrupted sweep --name (default: the newest for --dataset)")
+    add("--seed", type=int, default=0)
+    add("--data-dir", default=None, help="folder of .npz files (default: $MADE_DATA_DIR, else a cache dir)")
+    add("--test-masks", type=int, default=None, help="test ensemble size (default: the trial's num_masks; 32 for mask sampling)")
+    add("--valid-masks", type=int, default=None, help="validation ensemble size (default: min(num_masks, 8))")
+    add("--optuna-storage", default=None, help="SQLAlchemy URL of the Optuna study (default: sqlite file in the experiment)")
+    add("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint")
+    add("--checkpoint-every", type=int, default=1, help="epochs between trial checkpoints")
+    add("--tables-dir", default="results/tables", help="aggregated tables to refresh at the end")
+    add("--figures-dir", default="results/figures", help="figures to refresh at the end")
+    add("--no-tables", action="store_true", help="do not refresh the aggregated tables and figures")
+    return parser
+
+
+# -- validation -------------------------------------------------------------------------
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+def _check_storage(storage: str) -> None:
+    from search.cluster import is_local_path
+
+    if not is_local_path(storage):
+        raise UsageError(
+            f"--storage {storage}: URI storage is not supported by this version's driver-side files yet; "
+            "use a path every node can reach (e.g. an NFS mount) with --shared-storage"
+        )
+    path = Path(storage.removeprefix("file://")).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".made-search-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"--storage {storage} is not a writable folder: {error.strerror or error}") from None
+
+
+def _default_optuna_storage(experiment_path: Path) -> str:
+    return f"sqlite:///{(experiment_path / schema.STUDY_FILE).resolve()}"
+
+
+def _check_optuna_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise UsageError(f"--optuna-storage {url!r} is not an SQLAlchemy URL (e.g. sqlite:///study.db, postgresql://...)") from None
+
+
+def _newest_unfinished(storage: Path, dataset: str) -> str | None:
+    """The newest experiment for ``dataset`` under ``storage`` (for --resume without --name)."""
+    candidates = []
+    for marker in storage.glob(f"*/{schema.EXPERIMENT_FILE}"):
+        try:
+            from search.experiment import read_json
+
+            info = read_json(marker)
+        except (OSError, ValueError):
+            continue
+        if info.get("dataset") == dataset:
+            candidates.append((str(info.get("started_at", "")), marker.parent.name))
+    return max(candidates)[1] if candidates else None
+
+
+def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Validate the command line into a SweepPlan (and the experiment.json of a resumed sweep)."""
+    from made_core.data import DatasetError, canonical_name
+    from search.experiment import read_json
+    from search.tuner import SweepPlan
+    from spaces import SpaceError, get_space
+
+    for flag in ("num_samples", "max_epochs", "grace_period", "patience", "checkpoint_every"):
+        value = getattr(args, flag)
+        _require(value >= 1, f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    _require(args.cpus_per_trial > 0, f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
+    _require(args.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    _require(
+        args.gpus_per_trial <= 1 or float(args.gpus_per_trial).is_integer(),
+        f"--gpus-per-trial above 1 must be a whole number, got {args.gpus_per_trial}",
+    )
+    _require(args.concurrency is None or args.concurrency >= 1, f"--concurrency must be >= 1, got {args.concurrency}")
+    _require(args.num_cpus is None or args.num_cpus >= 1, f"--num-cpus must be >= 1, got {args.num_cpus}")
+    _require(args.max_failures >= 0, f"--max-failures must be >= 0, got {args.max_failures}")
+    _require(args.test_masks is None or args.test_masks >= 1, f"--test-masks must be >= 1, got {args.test_masks}")
+    _require(args.valid_masks is None or args.valid_masks >= 1, f"--valid-masks must be >= 1, got {args.valid_masks}")
+    _require(args.grace_period <= args.max_epochs, f"--grace-period ({args.grace_period}) exceeds --max-epochs ({args.max_epochs})")
+    _require(args.address is None or args.num_cpus is None, "--num-cpus applies to a local Ray only, not with --address")
+    time_budget = parse_duration(args.time_budget) if args.time_budget else None
+    try:
+        dataset = canonical_name(args.dataset)
+    except DatasetError as error:
+        raise UsageError(str(error)) from None
+    _check_storage(args.storage)
+    storage = str(Path(args.storage.removeprefix("file://")).expanduser().resolve())
+
+    previous: dict[str, Any] = {}
+    name = args.name
+    if args.resume:
+        name = name or _newest_unfinished(Path(storage), dataset)
+        _require(name is not None, f"--resume: no experiment for dataset {dataset} under {storage}")
+        marker = Path(storage) / name / schema.EXPERIMENT_FILE
+        _require(marker.exists(), f"--resume: {marker} does not exist (is --name or --storage wrong?)")
+        previous = read_json(marker)
+        _require(previous.get("dataset") == dataset, f"--resume: experiment {name} is for dataset {previous.get('dataset')}, not {dataset}")
+    else:
+        name = name or f"{dataset}-{Path(args.space).stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) is not None, f"--name {name!r}: use letters, digits, '.', '_' and '-'")
+        _require(
+            not (Path(storage) / name).exists(),
+            f"experiment {name} already exists under {storage}: pass --resume to continue it, or a new --name",
+        )
+    space_source = previous.get("space", args.space)
+    try:
+        space = get_space(space_source)
+    except SpaceError as error:
+        raise UsageError(str(error)) from None
+    optuna_storage = args.optuna_storage or previous.get("optuna_storage") or _default_optuna_storage(Path(storage) / name)
+    _check_optuna_url(optuna_storage)
+    plan = SweepPlan(
+        dataset=dataset,
+        space=space,
+        space_source=space_source,
+        name=name,
+        storage=storage,
+        num_samples=int(previous.get("num_samples", args.num_samples)),
+        max_epochs=int(previous.get("max_epochs", args.max_epochs)),
+        grace_period=args.grace_period,
+        patience=args.patience,
+        time_budget_seconds=time_budget,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        concurrency=args.concurrency,
+        seed=int(previous.get("seed", args.seed)),
+        optuna_storage=optuna_storage,
+        test_masks=args.test_masks,
+        valid_masks=args.valid_masks,
+        max_failures=args.max_failures,
+        checkpoint_every=args.checkpoint_every,
+    )
+    return plan, previous
+
+
+def check_cluster(plan: Any, shared_storage: bool) -> int:
+    """Refuse requests the connected cluster cannot serve; returns the number of alive nodes."""
+    import ray
+
+    from search.cluster import check_storage_for_cluster, count_alive_nodes
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    gpus = sum(node.get("Resources", {}).get("GPU", 0) for node in nodes)
+    largest_cpus = max((node.get("Resources", {}).get("CPU", 0) for node in nodes), default=0)
+    _require(
+        plan.gpus_per_trial == 0 or gpus > 0,
+        f"--gpus-per-trial {plan.gpus_per_trial} but the Ray cluster has no GPU (nodes: {len(nodes)})",
+    )
+    _require(
+        plan.cpus_per_trial <= largest_cpus,
+        f"--cpus-per-trial {plan.cpus_per_trial} exceeds the largest node's {largest_cpus:g} CPUs: no trial could start",
+    )
+    largest_gpus = max((node.get("Resources", {}).get("GPU", 0) for node in nodes), default=0)
+    _require(
+        plan.gpus_per_trial <= max(largest_gpus, 1),
+        f"--gpus-per-trial {plan.gpus_per_trial} exceeds the largest node's {largest_gpus:g} GPUs",
+    )
+    num_nodes = count_alive_nodes()
+    try:
+        check_storage_for_cluster(plan.storage, shared_storage, num_nodes)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return num_nodes
+
+
+# -- the sweep --------------------------------------------------------------------------
+def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: float, data: Any) -> dict[str, Any]:
+    wall = float(previous.get("wall_seconds", 0.0)) + (time.monotonic() - started)
+    info = {
+        "experiment": plan.name,
+        "dataset": plan.dataset,
+        "space": plan.space_source,
+        "seed": plan.seed,
+        "num_samples": plan.num_samples,
+        "max_epochs": plan.max_epochs,
+        "status": status,
+        "started_at": previous.get("started_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds") if status != "running" else None,
+        "wall_seconds": round(wall, 1),
+        "num_trials": previous.get("num_trials", 0),
+        "command": shlex.join([sys.executable, "-m", "search.run", *sys.argv[1:]]),
+        "optuna_storage": plan.optuna_storage,
+        "resumes": int(previous.get("resumes", -1)) + 1,
+    }
+    if data.true_test_nll is not None:
+        info["true_test_nll"] = data.true_test_nll
+    if data.description:
+        info["data_note"] = data.description
+    return info
+
+
+def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Namespace) -> int:
+    import ray
+
+    from search.experiment import evaluate_best, read_trials, write_json, write_trial_files
+    from search.tuner import ProgressPrinter, make_trainable, make_tuner, restore_tuner
+
+    started = time.monotonic()
+    experiment_path = plan.experiment_path
+    experiment_path.mkdir(parents=True, exist_ok=True)
+    marker = experiment_path / schema.EXPERIMENT_FILE
+    write_json(marker, _experiment_info(plan, previous, "running", started, data))
+    trainable = make_trainable(plan, data.train, data.valid)
+    progress = ProgressPrinter(plan.num_samples)
+    resuming = bool(previous)
+    if resuming and not ray.tune.Tuner.can_restore(str(experiment_path)):
+        print(f"note: {plan.name} has no restorable Ray state yet; starting its sweep afresh", flush=True)
+        resuming = False
+    tuner = restore_tuner(plan, trainable) if resuming else make_tuner(plan, trainable, progress)
+    print(
+        f"sweep {plan.name}: {plan.num_samples} trials of space {plan.space_source!r} on {plan.dataset} "
+        f"({data.train.shape[0]} train rows, D={data.input_dim}), up to {plan.max_epochs} epochs each; "
+        f"folder {experiment_path}",
+        flush=True,
+    )
+    status = "finished"
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        status = "interrupted"
+        print("interrupted: finished trials are kept; continue with --resume", file=sys.stderr, flush=True)
+
+    records = read_trials(experiment_path)
+    write_trial_files(experiment_path, records)
+    completed = sum(1 for r in records if r.status == "TERMINATED")
+    info = _experiment_info(plan, previous, status, started, data)
+    info["num_trials"] = len(records)
+    # The time budget can end a sweep before every trial ran; the sweep still reports.
+    info["stopped_by_time_budget"] = status == "finished" and len(records) < plan.num_samples
+    extra = {"true_test_nll": data.true_test_nll} if data.true_test_nll is not None else {}
+    best = evaluate_best(experiment_path, records, plan.dataset, data.test, plan.test_masks, extra)
+    write_json(marker, info)
+    failed = sum(1 for r in records if r.status == "ERROR")
+    print(f"{len(records)} trials: {completed} completed, {failed} failed; wall time {info['wall_seconds']:.0f} s", flush=True)
+    if best is None:
+        print("no trial produced a finite validation NLL; nothing to evaluate", file=sys.stderr)
+        return EXIT_NO_RESULT
+    print(
+        f"best trial {best['trial_id']}: valid NLL {best['valid_nll']:.3f}, "
+        f"test NLL {best['test_nll']:.3f} ± {best['test_nll_stderr']:.3f} ({best['test_masks']} mask{'s' if best['test_masks'] > 1 else ''})\n"
+        f"  config: {best['config']}\n  written: {experiment_path / schema.BEST_FILE}",
+        flush=True,
+    )
+    if not args.no_tables:
+        from results.aggregate import aggregate
+
+        result = aggregate([Path(plan.storage)], Path(args.tables_dir), Path(args.figures_dir))
+        print(f"tables refreshed: {', '.join(str(p) for p in result.tables.values())}", flush=True)
+    return 0 if status == "finished" else 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        plan, previous = make_plan(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    from made_core.data import DatasetError, load_dataset
+
+    try:
+        data = load_dataset(plan.dataset, data_dir=args.data_dir)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    import ray
+
+    # Forced experiment snapshots after checkpoints are what makes --resume lose nothing; Ray
+    # warns about their frequency on every epoch of short trials.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if args.address:
+        ray.init(address=args.address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+    try:
+        check_cluster(plan, args.shared_storage)
+        return run_sweep(plan, previous, data, args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

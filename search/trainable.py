@@ -1,0 +1,106 @@
+"""The Ray Tune trainable: a plain function that trains one MADE with made_core, epoch by epoch.
+
+Every epoch it reports the metrics below and a checkpoint (made_core's trainer state,
+which also holds the best weights so far), so ASHA pauses, node failures and driver
+restarts continue from the last epoch. Data arrives through ``tune.with_parameters``:
+the driver puts it in Ray's object store once, trials never read the disk.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from ray import tune
+
+from made_core.train import Trainer, TrainConfig
+
+OBJECTIVE = "best_valid_nll"  # running minimum: what ASHA and Optuna see (see design.md)
+
+
+class TrialDiverged(RuntimeError):
+    """Raised so Ray records a diverged trial as failed (a NaN objective would hang Optuna's trial)."""
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a sweep shares besides its hyperparameters."""
+
+    max_epochs: int
+    patience: int
+    seed: int
+    valid_masks: int | None = None
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always checkpointed)
+
+
+def trial_device() -> str:
+    """CUDA when Ray assigned this trial a GPU (it sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    import ray
+
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.ndarray, settings: TrialSettings) -> None:
+    """Train one configuration; reports ``best_valid_nll`` (the objective) every epoch."""
+    import logging
+
+    import ray
+
+    # Ray logs every checkpoint at INFO from inside the trial: one line per epoch per trial.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+
+    cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if cpus > 0:
+        torch.set_num_threads(cpus)  # Ray sets OMP_NUM_THREADS to the trial's CPU count
+    device = trial_device()
+    train_config = TrainConfig.from_hyperparameters(
+        config,
+        max_epochs=settings.max_epochs,
+        patience=settings.patience,
+        seed=settings.seed,
+        valid_masks=_valid_masks(config, settings),
+        device=device,
+    )
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer = Trainer.from_checkpoint(folder, train_data, valid_data, device=device)
+    else:
+        trainer = Trainer(train_config, train_data, valid_data)
+    node_ip = ray.util.get_node_ip_address()
+    for result in trainer.epochs():
+        if result.status == "diverged":
+            raise TrialDiverged(
+                f"training diverged at epoch {result.epoch} (non-finite loss) with {config}; "
+                f"best valid NLL before that: {result.best_valid_nll}"
+            )
+        metrics = {
+            OBJECTIVE: result.best_valid_nll,
+            "valid_nll": result.valid_nll,
+            "train_nll": result.train_nll,
+            "epoch": result.epoch,
+            "epoch_seconds": result.epoch_seconds,
+            "examples_per_second": result.examples_per_second,
+            "stopped_early": result.status == "early_stopped",
+            "node_ip": node_ip,
+            "device": device,
+        }
+        if result.done or result.epoch % settings.checkpoint_every == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                trainer.save_checkpoint(folder)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        else:
+            tune.report(metrics)
+
+
+def _valid_masks(config: dict[str, Any], settings: TrialSettings) -> int | None:
+    """A sweep-wide validation ensemble size, capped by the trial's own mask count."""
+    if settings.valid_masks is None:
+        return None
+    num_masks = int(config.get("num_masks", 1))
+    return settings.valid_masks if num_masks == 0 else min(settings.valid_masks, num_masks)

@@ -1,0 +1,174 @@
+"""The Ray Tune side of a sweep: OptunaSearch + ASHA + resources + storage, new or restored.
+
+Configuration flows one way: ``SweepPlan`` (validated CLI input) -> the searcher, the
+scheduler and the run config -> ``tune.Tuner``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from search.trainable import OBJECTIVE, TrialSettings, train_made
+from spaces import SearchSpace
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Everything a sweep needs, validated. ``storage`` is the experiments' parent folder."""
+
+    dataset: str
+    space: SearchSpace
+    space_source: str  # the name or path given on the command line
+    name: str
+    storage: str
+    num_samples: int
+    max_epochs: int
+    grace_period: int
+    patience: int
+    time_budget_seconds: float | None
+    cpus_per_trial: float
+    gpus_per_trial: float
+    concurrency: int | None
+    seed: int
+    optuna_storage: str
+    test_masks: int | None
+    valid_masks: int | None
+    max_failures: int
+    checkpoint_every: int
+
+    @property
+    def experiment_path(self) -> Path:
+        return Path(self.storage) / self.name
+
+    @property
+    def trial_settings(self) -> TrialSettings:
+        return TrialSettings(self.max_epochs, self.patience, self.seed, self.valid_masks, self.checkpoint_every)
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Ray's default embeds every parameter and overflows paths)."""
+    return f"trial_{trial.trial_id}"
+
+
+def make_trainable(plan: SweepPlan, train_data: np.ndarray, valid_data: np.ndarray) -> Any:
+    """The trainable with the data put in the object store once, and per-trial resources."""
+    with_data = tune.with_parameters(train_made, train_data=train_data, valid_data=valid_data, settings=plan.trial_settings)
+    return tune.with_resources(with_data, {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
+
+
+def make_searcher(plan: SweepPlan) -> OptunaSearch:
+    """Seeded multivariate TPE over the plan's space, its study stored in ``plan.optuna_storage``."""
+    import optuna
+
+    # Few random start-up trials for short sweeps, so most of the budget is guided.
+    startup_trials = max(4, min(10, plan.num_samples // 3))
+    sampler = optuna.samplers.TPESampler(
+        seed=plan.seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=startup_trials
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(plan.optuna_storage)
+    return OptunaSearch(
+        space=plan.space.define_by_run(plan.dataset),
+        metric=OBJECTIVE,
+        mode="min",
+        sampler=sampler,
+        study_name=plan.name,
+        storage=storage,
+    )
+
+
+def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback) -> tune.Tuner:
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=plan.max_epochs, grace_period=plan.grace_period, reduction_factor=3)
+    tune_config = tune.TuneConfig(
+        metric=OBJECTIVE,
+        mode="min",
+        search_alg=make_searcher(plan),
+        scheduler=scheduler,
+        num_samples=plan.num_samples,
+        max_concurrent_trials=plan.concurrency,
+        time_budget_s=plan.time_budget_seconds,
+        trial_dirname_creator=trial_dirname,
+    )
+    run_config = tune.RunConfig(
+        name=plan.name,
+        storage_path=plan.storage,
+        # The newest checkpoint also carries the best weights, so keeping the last two is enough
+        # (num_to_keep=1 with a checkpoint every epoch floods the log).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+        callbacks=[progress],
+        verbose=0,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def restore_tuner(plan: SweepPlan, trainable: Any) -> tune.Tuner:
+    """Continue an interrupted sweep: finished trials stay, unfinished and errored ones resume."""
+    return tune.Tuner.restore(str(plan.experiment_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+
+
+class ProgressPrinter(tune.Callback):
+    """One line per finished or failed trial, with the sweep's best so far and the elapsed time.
+
+    Stateless across restores by design (Ray only supports stateless callbacks on resume):
+    counts are recomputed from the trial list Ray passes in.
+    """
+
+    def __init__(self, num_samples: int, stream: Any = None) -> None:
+        self.num_samples = num_samples
+        self.stream = stream or sys.stdout
+        self.started = time.monotonic()
+        self.last_heartbeat = 0.0
+
+    def _elapsed(self) -> str:
+        seconds = int(time.monotonic() - self.started)
+        return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+    @staticmethod
+    def _best(trials: list[Any]) -> float:
+        values = [t.last_result.get(OBJECTIVE, math.inf) for t in trials if t.last_result]
+        return min((v for v in values if v is not None and math.isfinite(v)), default=math.inf)
+
+    def _line(self, trials: list[Any], trial: Any, what: str) -> None:
+        done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+        result = trial.last_result or {}
+        value = result.get(OBJECTIVE)
+        shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else "-"
+        print(
+            f"[{self._elapsed()}] trial {trial.trial_id} {what} after {result.get('epoch', 0)} epochs: "
+            f"best valid NLL {shown} | {done}/{self.num_samples} done, sweep best {self._best(trials):.3f}",
+            file=self.stream,
+            flush=True,
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._line(trials, trial, "finished")
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._line(trials, trial, "FAILED")
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        # A heartbeat every 30 s so long trials still show progress.
+        now = time.monotonic()
+        if now - self.last_heartbeat < 30:
+            return
+        self.last_heartbeat = now
+        running = [t for t in trials if t.status == "RUNNING"]
+        epochs = ", ".join(f"{t.trial_id}@{(t.last_result or {}).get('epoch', 0)}" for t in running)
+        print(
+            f"[{self._elapsed()}] {len(running)} running ({epochs or 'starting'}), "
+            f"{sum(1 for t in trials if t.status in ('TERMINATED', 'ERROR'))}/{self.num_samples} done, "
+            f"sweep best {self._best(trials):.3f}",
+            file=self.stream,
+            flush=True,
+        )

@@ -1,0 +1,202 @@
+"""search.run end to end through a real local Ray: a sweep, a diverging trial, resume after a kill, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from results import schema
+from search.run import UsageError, main, parse_duration
+from spaces import HYPERPARAMETERS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def ray_env():
+    """Environment for a driver subprocess: its own short RAY_TMPDIR, no token auth."""
+    temp = tempfile.mkdtemp(prefix="msr", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = dict(os.environ, RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    yield env
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def start_sweep(tmp_path: Path, env: dict, *extra: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "search.run", "--storage", str(tmp_path / "runs"), "--tables-dir", str(tmp_path / "tables"),
+            "--figures-dir", str(tmp_path / "figures"), "--num-cpus", "2", *extra]  # fmt: skip
+    # Own session: the driver and the Ray processes it starts form one group we can kill by id.
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        kill_group(process)
+    return output
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.slow
+def test_sweep_writes_results_and_study(tmp_path, ray_env):
+    process = start_sweep(tmp_path, ray_env, "--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "4",
+                          "--max-epochs", "4", "--grace-period", "2", "--name", "tiny", "--seed", "3")  # fmt: skip
+    output = finish(process)
+    assert process.returncode == 0, output
+    experiment = tmp_path / "runs" / "tiny"
+    trials = pd.read_csv(experiment / schema.TRIALS_FILE)
+    assert len(trials) == 4 and trials["trial_id"].is_unique
+    assert list(trials.columns[: len(schema.TRIAL_COLUMNS)]) == list(schema.TRIAL_COLUMNS)
+    assert set(HYPERPARAMETERS) <= set(trials.columns)
+    assert (trials["status"] == "TERMINATED").all() and trials["best_valid_nll"].map(math.isfinite).all()
+    curves = pd.read_csv(experiment / schema.CURVES_FILE)
+    assert set(curves["trial_id"]) == set(trials["trial_id"]) and curves["epoch"].max() <= 4
+    best = json.loads((experiment / schema.BEST_FILE).read_text())
+    assert set(schema.BEST_KEYS) <= set(best)
+    assert best["valid_nll"] == pytest.approx(trials["best_valid_nll"].min())
+    assert math.isfinite(best["test_nll"]) and best["test_nll_stderr"] > 0
+    assert best["true_test_nll"] < best["test_nll"] + 3 * best["test_nll_stderr"]
+    assert (Path(best["checkpoint_path"]) / "model.pt").exists()
+    info = json.loads((experiment / schema.EXPERIMENT_FILE).read_text())
+    assert info["status"] == "finished" and info["num_trials"] == 4 and info["wall_seconds"] > 0
+    # The Optuna study lives in SQLite inside the experiment, readable by optuna-dashboard.
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{experiment / schema.STUDY_FILE}")
+    assert len(study.trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert min(t.value for t in study.trials) == pytest.approx(best["valid_nll"])
+    # The aggregated tables were refreshed.
+    table = pd.read_csv(tmp_path / "tables" / schema.BEST_TABLE)
+    assert table.loc[0, "dataset"] == "synthetic-tiny" and table.loc[0, "test_nll"] == pytest.approx(best["test_nll"])
+    assert "sweep best" in output and "best trial" in output
+
+
+@pytest.mark.slow
+def test_diverging_trial_fails_and_sweep_still_reports(tmp_path, ray_env):
+    space = tmp_path / "diverge.yaml"
+    space.write_text(
+        "params:\n"
+        "  learning_rate: {choice: [1.0e+30, 0.05]}\n"
+        "fixed: {optimizer: sgd, momentum: 0.0, hidden_units: 16, num_masks: 1, batch_size: 100}\n"
+    )
+    process = start_sweep(tmp_path, ray_env, "--dataset", "synthetic-tiny", "--space", str(space), "--num-samples", "6",
+                          "--max-epochs", "3", "--grace-period", "3", "--name", "diverge", "--max-failures", "1")  # fmt: skip
+    output = finish(process)
+    assert process.returncode == 0, output
+    trials = pd.read_csv(tmp_path / "runs" / "diverge" / schema.TRIALS_FILE)
+    absurd = trials[trials["learning_rate"] > 1e20]
+    sane = trials[trials["learning_rate"] < 1]
+    assert len(absurd) >= 1 and len(sane) >= 1, trials
+    assert (absurd["status"] == "ERROR").all()
+    assert (sane["status"] == "TERMINATED").all()
+    best = json.loads((tmp_path / "runs" / "diverge" / schema.BEST_FILE).read_text())
+    assert best["config"]["learning_rate"] == 0.05 and math.isfinite(best["test_nll"])
+    study = optuna.load_study(study_name="diverge", storage=f"sqlite:///{tmp_path / 'runs' / 'diverge' / schema.STUDY_FILE}")
+    states = {t.params["learning_rate"]: t.state for t in study.trials}
+    assert states[1e30] == optuna.trial.TrialState.FAIL
+    assert "FAILED" in output
+
+
+@pytest.mark.slow
+def test_resume_after_driver_killed_loses_nothing(tmp_path, ray_env):
+    common = ["--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "6", "--max-epochs", "8",
+              "--grace-period", "8", "--name", "resumable", "--concurrency", "1"]  # fmt: skip
+    process = start_sweep(tmp_path, ray_env, *common)
+    finished_before_kill: list[str] = []
+    deadline = time.monotonic() + 240
+    try:
+        for line in process.stdout:  # kill once two trials have finished
+            if " finished after " in line:
+                finished_before_kill.append(line.split(" trial ")[1].split()[0])
+                if len(finished_before_kill) == 2:
+                    time.sleep(1.0)  # let a third trial get going so there is unfinished work
+                    break
+            assert time.monotonic() < deadline, "sweep too slow to reach two finished trials"
+    finally:
+        kill_group(process)  # SIGKILL the driver and its local Ray: nothing gets to clean up
+        process.wait()
+    assert len(finished_before_kill) == 2
+    experiment = tmp_path / "runs" / "resumable"
+    assert not (experiment / schema.BEST_FILE).exists()
+
+    resumed = start_sweep(tmp_path, ray_env, *common, "--resume")
+    output = finish(resumed)
+    assert resumed.returncode == 0, output
+    trials = pd.read_csv(experiment / schema.TRIALS_FILE)
+    assert len(trials) == 6 and trials["trial_id"].is_unique, trials
+    assert (trials["status"] == "TERMINATED").all(), trials
+    assert set(finished_before_kill) <= set(trials["trial_id"])
+    study = optuna.load_study(study_name="resumable", storage=f"sqlite:///{experiment / schema.STUDY_FILE}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) >= 6
+    info = json.loads((experiment / schema.EXPERIMENT_FILE).read_text())
+    assert info["status"] == "finished" and info["resumes"] == 1 and info["num_trials"] == 6
+    assert json.loads((experiment / schema.BEST_FILE).read_text())["trial_id"] in set(trials["trial_id"])
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--dataset", "dna", "--space", "huge"], "huge"),
+        (["--dataset", "dna", "--num-samples", "0"], "--num-samples must be a positive integer"),
+        (["--dataset", "dna", "--max-epochs", "-3"], "--max-epochs must be a positive integer"),
+        (["--dataset", "dna", "--cpus-per-trial", "0"], "--cpus-per-trial must be positive"),
+        (["--dataset", "dna", "--gpus-per-trial", "-1"], "--gpus-per-trial must be >= 0"),
+        (["--dataset", "dna", "--gpus-per-trial", "1.5"], "above 1 must be a whole number"),
+        (["--dataset", "dna", "--time-budget", "soon"], "is not a duration"),
+        (["--dataset", "dna", "--grace-period", "50", "--max-epochs", "20"], "exceeds --max-epochs"),
+        (["--dataset", "dna", "--storage", "/proc/made-search"], "is not a writable folder"),
+        (["--dataset", "dna", "--optuna-storage", "not a url"], "is not an SQLAlchemy URL"),
+        (["--dataset", "dna", "--resume"], "--resume: no experiment for dataset dna"),
+        (["--dataset", "dna", "--name", "../escape"], "--name '../escape'"),
+    ],
+)
+def test_bad_input_exits_2_before_any_work(tmp_path, capsys, argv, message):
+    if "--storage" not in argv:
+        argv = [*argv, "--storage", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_existing_experiment_needs_resume(tmp_path, capsys):
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    assert main(["--dataset", "dna", "--storage", str(tmp_path / "runs"), "--name", "taken"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gpus_requested_on_cpu_cluster_exits_2(tmp_path, ray_env):
+    process = start_sweep(tmp_path, ray_env, "--dataset", "synthetic-tiny", "--gpus-per-trial", "0.5", "--name", "gpu")
+    output = finish(process, timeout=120)
+    assert process.returncode == 2, output
+    assert "the Ray cluster has no GPU" in output
+
+
+def test_parse_duration():
+    assert parse_duration("90") == 90
+    assert parse_duration("30m") == 1800
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("2h") == 7200
+    for bad in ("", "m30", "1x", "0", "-5m"):
+        with pytest.raises(UsageError):
+            parse_duration(bad)
