@@ -140,7 +140,8 @@ class ProgressPrinter(tune.Callback):
         return min((v for v in values if v is not None and math.isfinite(v)), default=math.inf)
 
     def _line(self, trials: list[Any], trial: Any, what: str) -> None:
-        done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+        # Ray calls this before it marks ``trial`` terminated: count it explicitly.
+        done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR") and t is not trial) + 1
         result = trial.last_result or {}
         value = result.get(OBJECTIVE)
         shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else "-"
