@@ -1,7 +1,8 @@
 """Figures of one experiment or one dataset (matplotlib, Agg backend, PNG).
 
 - ``<experiment>_curves.png``: validation NLL against epoch for every trial (curves.csv),
-  the best trial highlighted, the paper's best MADE as a dashed line when known.
+  the best trial highlighted, the paper's MADE (fixed masks) as a dashed line and its MADE
+  mask sampling as a dash-dotted line when known.
 - ``<experiment>_best_so_far.png``: each trial's best validation NLL in trial order and the
   running minimum. Trial order is trial_id order: Ray Tune numbers trials in creation
   order (``..._00000``, ``..._00001``, ...), and trials.csv carries no start time.
@@ -29,6 +30,7 @@ import pandas as pd  # noqa: E402
 from results.atomic import atomic_write  # noqa: E402
 
 PAPER_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.0}
+PAPER_MASK_SAMPLING_STYLE = {"color": "dimgray", "linestyle": "-.", "linewidth": 1.0}
 TRUE_STYLE = {"color": "tab:green", "linestyle": ":", "linewidth": 1.2}
 
 
@@ -40,9 +42,15 @@ def save_figure(figure: plt.Figure, path: Path) -> Path:
         plt.close(figure)
 
 
-def _reference_lines(axes: plt.Axes, paper_nll: float | None, true_nll: float | None) -> None:
+def _reference_lines(
+    axes: plt.Axes, paper_nll: float | None, true_nll: float | None, mask_sampling_nll: float | None = None
+) -> None:
     if paper_nll is not None and math.isfinite(paper_nll):
-        axes.axhline(paper_nll, label=f"paper's best MADE ({paper_nll:.2f})", **PAPER_STYLE)
+        axes.axhline(paper_nll, label=f"paper MADE ({paper_nll:.2f})", **PAPER_STYLE)
+    if mask_sampling_nll is not None and math.isfinite(mask_sampling_nll):
+        axes.axhline(
+            mask_sampling_nll, label=f"paper MADE mask sampling ({mask_sampling_nll:.2f})", **PAPER_MASK_SAMPLING_STYLE
+        )
     if true_nll is not None and math.isfinite(true_nll):
         axes.axhline(true_nll, label=f"true distribution ({true_nll:.2f})", **TRUE_STYLE)
 
@@ -70,6 +78,7 @@ def plot_curves(
     best_trial_id: str | None,
     paper_nll: float | None = None,
     true_nll: float | None = None,
+    paper_mask_sampling_nll: float | None = None,
 ) -> Path:
     """Validation NLL against epoch, one line per trial, the best trial highlighted."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
@@ -82,8 +91,8 @@ def plot_curves(
         best = curves[curves["trial_id"].astype(str) == best_trial_id].sort_values("epoch")
         if not best.empty:
             axes.plot(best["epoch"], best["valid_nll"], color="tab:red", linewidth=2.0, label=f"best trial {best_trial_id}")
-    _reference_lines(axes, paper_nll, true_nll)
-    _robust_ylim(axes, curves["valid_nll"].to_numpy(dtype=float), [paper_nll, true_nll])
+    _reference_lines(axes, paper_nll, true_nll, paper_mask_sampling_nll)
+    _robust_ylim(axes, curves["valid_nll"].to_numpy(dtype=float), [paper_nll, true_nll, paper_mask_sampling_nll])
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation NLL (nats)")
     axes.set_title(f"{title}: {curves['trial_id'].nunique()} trials")
@@ -100,6 +109,7 @@ def plot_best_so_far(
     title: str,
     paper_nll: float | None = None,
     true_nll: float | None = None,
+    paper_mask_sampling_nll: float | None = None,
 ) -> Path:
     """Each trial's best validation NLL in trial_id order, with the running minimum."""
     ordered = trials.sort_values("trial_id", kind="stable")
@@ -110,8 +120,8 @@ def plot_best_so_far(
     figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.scatter(number, values, s=14, color="tab:gray", alpha=0.6, label="trial's best valid NLL")
     axes.step(number, running, where="post", color="tab:blue", linewidth=2.0, label="best so far")
-    _reference_lines(axes, paper_nll, true_nll)
-    _robust_ylim(axes, values, [paper_nll, true_nll])
+    _reference_lines(axes, paper_nll, true_nll, paper_mask_sampling_nll)
+    _robust_ylim(axes, values, [paper_nll, true_nll, paper_mask_sampling_nll])
     axes.set_xlabel("trial number (trial_id order)")
     axes.set_ylabel("validation NLL (nats)")
     axes.set_title(title)
@@ -126,6 +136,7 @@ def plot_nll_vs_masks(
     *,
     title: str,
     paper_nll: float | None = None,
+    paper_mask_sampling_nll: float | None = None,
 ) -> Path:
     """Valid (lines) and test (hollow markers) NLL against mask count, per ordering."""
     masks = sorted({int(m) for m in by_masks["num_masks"].dropna()})
@@ -144,7 +155,7 @@ def plot_nll_vs_masks(
         if test.notna().any():
             axes.scatter(group["x"][test.notna()], test[test.notna()], marker="s", facecolors="none",
                          edgecolors=color, s=50, label=f"{ordering} (test)")
-    _reference_lines(axes, paper_nll, None)
+    _reference_lines(axes, paper_nll, None, paper_mask_sampling_nll)
     axes.set_xticks(range(len(labels)), labels)
     axes.set_xlabel("masks used in training")
     axes.set_ylabel("NLL (nats)")

@@ -79,8 +79,10 @@ BEST_TABLE_COLUMNS = (
     "test_nll",
     "test_nll_stderr",
     "valid_nll",
-    "paper_made_nll",
+    "paper_made_nll",  # the paper's best "MADE" row (fixed number of masks): PAPER_MADE_MODEL
+    "paper_mask_sampling_nll",  # the paper's "MADE mask sampling" row: PAPER_MASK_SAMPLING_MODEL
     "delta_vs_paper",  # test_nll - paper_made_nll (negative: we beat the paper)
+    "delta_vs_mask_sampling",  # test_nll - paper_mask_sampling_nll
     # ... then one column per hyperparameter of the winning configuration ...
     "experiment",
     "trial_id",
@@ -93,7 +95,7 @@ BEST_TABLE_COLUMNS = (
 
 # Where the winning configuration's hyperparameter columns go in BEST_TABLE_COLUMNS:
 # right after this column.
-BEST_TABLE_HYPERPARAMETERS_AFTER = "delta_vs_paper"
+BEST_TABLE_HYPERPARAMETERS_AFTER = "delta_vs_mask_sampling"
 
 # Always written after BEST_TABLE_COLUMNS (empty where they do not apply):
 BEST_TABLE_EXTRA_COLUMNS = (
@@ -161,8 +163,15 @@ PAPER_NLL_COLUMNS = (
     "verified",  # True when checked against a source other than memory (see note)
     "note",
 )
-# Models whose numbers count as "the paper's MADE" for paper_made_nll.
-PAPER_MADE_MODELS = ("MADE", "MADE mask sampling")
+# The `model` values of paper_nll.csv behind the best table's two paper columns (the one
+# place for this fact):
+# - paper_made_nll: the lowest test_nll among rows whose model is exactly PAPER_MADE_MODEL,
+#   i.e. MADE trained with a fixed number of masks (dna 83.63; mnist 86.64, the 2-hidden-layer
+#   32-mask row). This is what delta_vs_paper compares against.
+# - paper_mask_sampling_nll: the lowest test_nll among rows whose model is exactly
+#   PAPER_MASK_SAMPLING_MODEL, MADE with a fresh mask every update (dna 79.66; none for mnist).
+PAPER_MADE_MODEL = "MADE"
+PAPER_MASK_SAMPLING_MODEL = "MADE mask sampling"
 
 # Figures under results/figures/ (str.format templates).
 CURVES_FIGURE = "{experiment}_curves.png"

@@ -22,9 +22,9 @@ import pytest
 
 from results import schema
 from results.aggregate import aggregate, main
-from results.paper import load_paper_nll, paper_made_nll
+from results.paper import load_paper_nll, paper_made_nll, paper_mask_sampling_nll
 from results.samples import image_grid, nearest_neighbours, render_samples_figure
-from results.tables import known_hyperparameters, order_hyperparameters
+from results.tables import DERIVED_BEST_COLUMNS, known_hyperparameters, order_hyperparameters
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -159,10 +159,17 @@ def storage(tmp_path: Path) -> Path:
 
 
 def test_paper_numbers_for_dna_and_mnist():
-    assert paper_made_nll("dna") == pytest.approx(79.66)  # best MADE = mask sampling
-    assert paper_made_nll("mnist") == pytest.approx(86.64)
+    # paper_made_nll: rows whose model is exactly "MADE" (fixed masks); mask sampling apart.
+    assert paper_made_nll("dna") == pytest.approx(83.63)
+    assert paper_mask_sampling_nll("dna") == pytest.approx(79.66)
+    assert paper_made_nll("mnist") == pytest.approx(86.64)  # best of the MADE rows: 2hl, 32 masks
     assert paper_made_nll("binarized_mnist") == pytest.approx(86.64)
+    assert paper_mask_sampling_nll("mnist") is None
+    assert paper_mask_sampling_nll("binarized_mnist") is None
     assert paper_made_nll("synthetic_mixture") is None
+    assert paper_mask_sampling_nll("synthetic_mixture") is None
+    assert schema.PAPER_MADE_MODEL == "MADE"
+    assert schema.PAPER_MASK_SAMPLING_MODEL == "MADE mask sampling"
     dna = load_paper_nll("dna").set_index("model")["test_nll"]
     assert dna["MADE"] == pytest.approx(83.63)
     assert dna["MADE mask sampling"] == pytest.approx(79.66)
@@ -176,6 +183,7 @@ def test_paper_table_shape_and_datasets():
     assert (table["test_nll"] > 0).all()
     for dataset in expected:
         assert paper_made_nll(dataset) is not None
+        assert (paper_mask_sampling_nll(dataset) is None) == (dataset == "mnist")
     # Every number says whether it was verified, and unverified ones say so in the note.
     assert table["verified"].isin([True, False]).all()
     assert table["note"].notna().all()
@@ -191,16 +199,18 @@ def test_best_is_chosen_by_validation_not_test(storage: Path, tmp_path: Path):
     assert best.loc["dna", "trial_id"] == "b_00000"
     assert best.loc["dna", "test_nll"] == pytest.approx(86.0)
     assert best.loc["dna", "valid_nll"] == pytest.approx(84.5)
-    assert best.loc["dna", "paper_made_nll"] == pytest.approx(79.66)
-    assert best.loc["dna", "delta_vs_paper"] == pytest.approx(86.0 - 79.66)
+    assert best.loc["dna", "paper_made_nll"] == pytest.approx(83.63)
+    assert best.loc["dna", "paper_mask_sampling_nll"] == pytest.approx(79.66)
+    assert best.loc["dna", "delta_vs_paper"] == pytest.approx(86.0 - 83.63)
+    assert best.loc["dna", "delta_vs_mask_sampling"] == pytest.approx(86.0 - 79.66)
     assert best.loc["dna", "hidden_units"] == 1000
     assert best.loc["dna", "num_masks"] == 0
     assert best.loc["dna", "note"] == "stand-in dna file"
     assert best.loc["dna", "sweep_num_trials"] == 2
     assert best.loc["dna", "sweep_wall_seconds"] == pytest.approx(3723.4)
     # Synthetic data: no paper number, but the gap to the true NLL.
-    assert math.isnan(best.loc["synthetic_mixture", "paper_made_nll"])
-    assert math.isnan(best.loc["synthetic_mixture", "delta_vs_paper"])
+    for column in ("paper_made_nll", "paper_mask_sampling_nll", "delta_vs_paper", "delta_vs_mask_sampling"):
+        assert math.isnan(best.loc["synthetic_mixture", column]), column
     assert best.loc["synthetic_mixture", "true_test_nll"] == pytest.approx(20.0)
     assert best.loc["synthetic_mixture", "delta_vs_true"] == pytest.approx(0.3)
     assert sorted(result.experiments) == ["exp_dna_a", "exp_dna_b", "exp_synth"]
@@ -209,6 +219,10 @@ def test_best_is_chosen_by_validation_not_test(storage: Path, tmp_path: Path):
 def test_best_table_column_order(storage: Path, tmp_path: Path):
     aggregate([storage], tmp_path / "tables", None)
     columns = list(pd.read_csv(tmp_path / "tables" / schema.BEST_TABLE).columns)
+    paper = ["paper_made_nll", "paper_mask_sampling_nll", "delta_vs_paper", "delta_vs_mask_sampling"]
+    at_paper = columns.index("paper_made_nll")
+    assert columns[at_paper : at_paper + 4] == paper
+    assert schema.BEST_TABLE_HYPERPARAMETERS_AFTER == paper[-1]
     at = columns.index(schema.BEST_TABLE_HYPERPARAMETERS_AFTER) + 1
     fixed = list(schema.BEST_TABLE_COLUMNS)
     n_hyper = len(columns) - len(fixed) - len(schema.BEST_TABLE_EXTRA_COLUMNS)
@@ -318,6 +332,58 @@ def test_merge_keeps_other_storages_and_replace_drops_them(storage: Path, tmp_pa
     assert set(pd.read_csv(tables / schema.BEST_TABLE)["dataset"]) == {"web"}
 
 
+def test_mnist_row_has_made_but_no_mask_sampling_number(tmp_path: Path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    write_experiment(root, "exp_mnist", "binarized_mnist", [("m_00000", 88.0, config(32, "random"))],
+                     ("m_00000", 88.0, 87.5))
+    aggregate([root], tmp_path / "tables", None)
+    best = pd.read_csv(tmp_path / "tables" / schema.BEST_TABLE).set_index("dataset")
+    assert list(best.index) == ["mnist"]
+    assert best.loc["mnist", "paper_made_nll"] == pytest.approx(86.64)
+    assert best.loc["mnist", "delta_vs_paper"] == pytest.approx(87.5 - 86.64)
+    assert math.isnan(best.loc["mnist", "paper_mask_sampling_nll"])
+    assert math.isnan(best.loc["mnist", "delta_vs_mask_sampling"])
+    cells = _markdown_rows((tmp_path / "tables" / schema.BEST_MARKDOWN).read_text())["mnist"]
+    assert cells[3:6] == ["86.64", "—", "+0.86"]
+
+
+def test_merge_with_an_older_best_table_recomputes_paper_columns(tmp_path: Path):
+    """An older table (no mask-sampling columns, the old 79.66 as paper_made_nll) is merged, not dropped."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    old_columns = [c for c in schema.BEST_TABLE_COLUMNS if c not in ("paper_mask_sampling_nll", "delta_vs_mask_sampling")]
+    old_columns[old_columns.index("delta_vs_paper") + 1 : old_columns.index("delta_vs_paper") + 1] = [
+        "hidden_layers", "hidden_units", "num_masks", "ordering",
+    ]
+    old_columns += list(schema.BEST_TABLE_EXTRA_COLUMNS)
+    old_row = {
+        "dataset": "dna", "test_nll": 84.0, "test_nll_stderr": 0.3, "valid_nll": 84.2,
+        "paper_made_nll": 79.66, "delta_vs_paper": 84.0 - 79.66,
+        "hidden_layers": 1, "hidden_units": 500, "num_masks": 0, "ordering": "agnostic",
+        "experiment": "exp_old_dna", "trial_id": "o_00000", "finished_at": "2025-01-01T00:00:00Z",
+        "sweep_wall_seconds": 754.0, "sweep_num_trials": 40,
+    }
+    pd.DataFrame([old_row], columns=old_columns).to_csv(tables / schema.BEST_TABLE, index=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    write_experiment(other, "exp_web", "web", [("w_00000", 30.0, config(2, "random"))], ("w_00000", 30.0, 29.0))
+    aggregate([other], tables, None)
+    best = pd.read_csv(tables / schema.BEST_TABLE).set_index("dataset")
+    assert set(best.index) == {"dna", "web"}  # the old dna row was kept
+    assert best.loc["dna", "experiment"] == "exp_old_dna"
+    assert best.loc["dna", "paper_made_nll"] == pytest.approx(83.63)  # recomputed, not the old 79.66
+    assert best.loc["dna", "paper_mask_sampling_nll"] == pytest.approx(79.66)
+    assert best.loc["dna", "delta_vs_paper"] == pytest.approx(84.0 - 83.63)
+    assert best.loc["dna", "delta_vs_mask_sampling"] == pytest.approx(84.0 - 79.66)
+    assert best.loc["web", "paper_mask_sampling_nll"] == pytest.approx(paper_mask_sampling_nll("web"))
+    assert best.loc["web", "delta_vs_mask_sampling"] == pytest.approx(29.0 - paper_mask_sampling_nll("web"))
+    assert set(DERIVED_BEST_COLUMNS) <= set(best.columns)
+    rows = _markdown_rows((tables / schema.BEST_MARKDOWN).read_text())
+    assert rows["dna"][3:6] == ["83.63", "79.66", "+0.37"]
+    assert rows["dna"][7] == "40" and rows["dna"][8] == "0:12:34"
+
+
 def test_rerun_replaces_an_experiments_rows(storage: Path, tmp_path: Path):
     tables = tmp_path / "tables"
     aggregate([storage], tables, None)
@@ -352,15 +418,24 @@ def test_markdown_agrees_with_csv(storage: Path, tmp_path: Path):
         assert float(stderr) == round(row["test_nll_stderr"], 2)
         assert float(cells[2]) == round(row["valid_nll"], 2)
         if math.isnan(row["paper_made_nll"]):
-            assert cells[3] == cells[4] == "—"
+            assert cells[3] == cells[5] == "—"
         else:
             assert float(cells[3]) == round(row["paper_made_nll"], 2)
-            assert float(cells[4]) == round(row["delta_vs_paper"], 2)
-        assert int(cells[6]) == row["sweep_num_trials"]
-        hours, minutes, seconds = (int(x) for x in cells[7].split(":"))
+            assert float(cells[5]) == round(row["delta_vs_paper"], 2)
+        if math.isnan(row["paper_mask_sampling_nll"]):
+            assert cells[4] == "—"
+        else:
+            assert float(cells[4]) == round(row["paper_mask_sampling_nll"], 2)
+        assert int(cells[7]) == row["sweep_num_trials"]
+        hours, minutes, seconds = (int(x) for x in cells[8].split(":"))
         assert hours * 3600 + minutes * 60 + seconds == round(row["sweep_wall_seconds"])
-        assert cells[8] == f"{row['experiment']} / {row['trial_id']}"
-    assert "1×1000, mask sampling, agnostic" in rows["dna"][5]
+        assert cells[9] == f"{row['experiment']} / {row['trial_id']}"
+    header = next(line for line in text.splitlines() if line.startswith("| dataset"))
+    assert [c.strip() for c in header.strip().strip("|").split(" | ")][3:6] == [
+        "paper MADE", "paper MADE mask sampling", "Δ vs paper MADE",
+    ]
+    assert rows["dna"][3:6] == ["83.63", "79.66", "+2.37"]
+    assert "1×1000, mask sampling, agnostic" in rows["dna"][6]
     assert "stand-in dna file" in text and "Δ vs true +0.30" in text
 
 
