@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--space", default="default", help="search space: default, paper, quick, or a .py/.yaml/.json file")
     add("--num-samples", type=int, default=16, help="number of trials")
     add("--max-epochs", type=int, default=200, help="epochs per trial at most (ASHA's max_t)")
-    add("--grace-period", type=int, default=10, help="epochs before ASHA may stop a trial")
+    add("--grace-period", type=int, default=None,
+        help="epochs before ASHA may stop a trial (default: a fifth of --max-epochs, at least 1)")
     add("--patience", type=int, default=30, help="early-stopping patience in epochs (the paper's 30)")
     add("--time-budget", default=None, help="stop the sweep cleanly after this long (e.g. 30m, 2h) and still report")
     add("--cpus-per-trial", type=float, default=1.0)
@@ -140,6 +141,9 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from search.tuner import SweepPlan
     from spaces import SpaceError, get_space
 
+    if args.grace_period is None:
+        # Generous by default: ensembles of many masks learn slowly at first and end best.
+        args.grace_period = max(1, args.max_epochs // 5)
     for flag in ("num_samples", "max_epochs", "grace_period", "patience", "checkpoint_every"):
         value = getattr(args, flag)
         _require(value >= 1, f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
@@ -322,7 +326,15 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     if not args.no_tables:
         from results.aggregate import aggregate
 
-        result = aggregate([Path(plan.storage)], Path(args.tables_dir), Path(args.figures_dir))
+        try:
+            result = aggregate([Path(plan.storage)], Path(args.tables_dir), Path(args.figures_dir))
+        except Exception as error:  # noqa: BLE001 - the sweep's own files are written; say how to redo the tables
+            print(
+                f"error: refreshing the tables failed ({type(error).__name__}: {error}); the experiment is complete, "
+                f"rerun: python -m results.aggregate --storage {plan.storage}",
+                file=sys.stderr,
+            )
+            return EXIT_NO_RESULT
         print(f"tables refreshed: {', '.join(str(p) for p in result.tables.values())}", flush=True)
     return 0 if status == "finished" else 130
 

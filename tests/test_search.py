@@ -80,8 +80,18 @@ def test_sweep_writes_results_and_study(tmp_path, ray_env):
     # The Optuna study lives in SQLite inside the experiment, readable by optuna-dashboard.
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{experiment / schema.STUDY_FILE}")
     assert len(study.trials) == 4
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    assert min(t.value for t in study.trials) == pytest.approx(best["valid_nll"])
+    # Trials ASHA stopped before max_epochs are PRUNED; the others ran their course.
+    epochs_by_value = dict(zip(trials["best_valid_nll"].round(9), trials["epochs"]))
+    for trial in study.trials:
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            assert max(trial.intermediate_values) < 4
+        else:
+            assert trial.state == optuna.trial.TrialState.COMPLETE
+            assert epochs_by_value[round(trial.value, 9)] == 4
+    assert study.best_value >= best["valid_nll"] - 1e-9
+    # The aggregated figures were drawn.
+    figures = list((tmp_path / "figures").glob("*.png"))
+    assert any(f.name.startswith("tiny_curves") for f in figures) and all(f.stat().st_size > 1000 for f in figures)
     # The aggregated tables were refreshed.
     table = pd.read_csv(tmp_path / "tables" / schema.BEST_TABLE)
     assert table.loc[0, "dataset"] == "synthetic-tiny" and table.loc[0, "test_nll"] == pytest.approx(best["test_nll"])
@@ -190,6 +200,24 @@ def test_gpus_requested_on_cpu_cluster_exits_2(tmp_path, ray_env):
     output = finish(process, timeout=120)
     assert process.returncode == 2, output
     assert "the Ray cluster has no GPU" in output
+
+
+def test_trials_cut_short_are_pruned_for_optuna():
+    from spaces import get_space
+    from search.tuner import MadeOptunaSearch
+
+    searcher = MadeOptunaSearch(max_epochs=10, space=get_space("quick").define_by_run(), metric="best_valid_nll",
+                                mode="min", sampler=optuna.samplers.TPESampler(seed=0))  # fmt: skip
+    for trial_id in ("ran", "patience", "cut"):
+        searcher.suggest(trial_id)
+        searcher.on_trial_result(trial_id, {"best_valid_nll": 9.0, "training_iteration": 1, "epoch": 1})
+    searcher.on_trial_complete("ran", {"best_valid_nll": 5.0, "epoch": 10, "stopped_early": False})
+    searcher.on_trial_complete("patience", {"best_valid_nll": 6.0, "epoch": 4, "stopped_early": True})
+    searcher.on_trial_complete("cut", {"best_valid_nll": 4.0, "epoch": 3, "stopped_early": False})
+    states = [t.state for t in searcher._ot_study.trials]
+    complete, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+    assert states == [complete, complete, pruned]
+    assert searcher._ot_study.best_value == 5.0  # the cut-short 4.0 does not count as a finished result
 
 
 def test_parse_duration():
