@@ -132,22 +132,6 @@ BY_MASKS_COLUMNS = (
     "group_trials",  # how many trials the group holds
 )
 
-# Hyperparameter names in table order, used only while spaces.HYPERPARAMETERS is not
-# importable; config keys not listed here follow, sorted.
-KNOWN_HYPERPARAMETERS = (
-    "hidden_layers",
-    "hidden_units",
-    "num_masks",
-    "ordering",
-    "direct_connection",
-    "activation",
-    "optimizer",
-    "learning_rate",
-    "momentum",
-    "weight_decay",
-    "batch_size",
-)
-
 # The paper's numbers: results/paper_nll.csv (package data), one row per (dataset, model
 # variant); test NLL in nats per example, positive.
 PAPER_NLL_FILE = "paper_nll.csv"

@@ -5,9 +5,8 @@ Conventions:
 - NLLs are nats per example; lower is better.
 - The best configuration of a dataset is chosen by **validation** NLL (best.json's
   ``valid_nll``), never by test NLL: test numbers are only reported, never selected on.
-- Hyperparameter columns come in a fixed order: the known hyperparameters first, in the
-  order of ``spaces.HYPERPARAMETERS`` when that package provides it (else
-  ``schema.KNOWN_HYPERPARAMETERS``), then any other config keys, sorted.
+- Hyperparameter columns come in a fixed order: the canonical hyperparameters first, in
+  the order of ``spaces.HYPERPARAMETERS``, then any other config keys, sorted.
 - Merging: tables are "the best so far" over every aggregation that wrote them. Rows of
   experiments read in this run replace that experiment's old rows; rows of experiments
   not read in this run (other storages) are kept.
@@ -25,28 +24,15 @@ import pandas as pd
 from results import schema
 from results.experiments import Experiment
 from results.paper import paper_made_nll, paper_mask_sampling_nll
+from spaces import HYPERPARAMETERS
 
 MISSING_MARK = "—"  # how the Markdown shows an empty cell
-
-
-def known_hyperparameters() -> tuple[str, ...]:
-    """``spaces.HYPERPARAMETERS`` if importable and well-formed, else the schema's copy."""
-    try:
-        import spaces  # imported lazily: results must work while spaces is being written
-
-        names = getattr(spaces, "HYPERPARAMETERS", None)
-    except Exception:  # any failure to import spaces means "not there yet"
-        names = None
-    if isinstance(names, (tuple, list)) and names and all(isinstance(n, str) for n in names):
-        return tuple(names)
-    return schema.KNOWN_HYPERPARAMETERS
 
 
 def order_hyperparameters(names: Iterable[str]) -> list[str]:
     """Known hyperparameters first (in their canonical order), then the rest sorted."""
     names = set(names)
-    known = known_hyperparameters()
-    return [n for n in known if n in names] + sorted(names - set(known))
+    return [n for n in HYPERPARAMETERS if n in names] + sorted(names - set(HYPERPARAMETERS))
 
 
 def best_table_columns(hyperparameters: Iterable[str]) -> list[str]:

@@ -23,8 +23,8 @@ from made_core.model import save_model
 from made_core.train import default_test_masks, load_best_model
 from results import schema
 from results.atomic import atomic_write_csv, atomic_write_text
+from results.tables import order_hyperparameters
 from search.trainable import OBJECTIVE
-from spaces import HYPERPARAMETERS
 
 BEST_MODEL_FOLDER = "best_model"
 
@@ -82,14 +82,12 @@ def read_trials(experiment_path: Path) -> list[TrialRecord]:
 
 
 def _canonical_order(config: dict[str, Any]) -> dict[str, Any]:
-    known = [name for name in HYPERPARAMETERS if name in config]
-    return {name: config[name] for name in [*known, *sorted(set(config) - set(known))]}
+    return {name: config[name] for name in order_hyperparameters(config)}
 
 
 def hyperparameter_columns(records: list[TrialRecord]) -> list[str]:
     """Canonical hyperparameters first, then any other config keys a custom space added."""
-    seen = {key for record in records for key in record.config}
-    return [name for name in HYPERPARAMETERS if name in seen] + sorted(seen - set(HYPERPARAMETERS))
+    return order_hyperparameters({key for record in records for key in record.config})
 
 
 def trials_table(records: list[TrialRecord]) -> pd.DataFrame:
