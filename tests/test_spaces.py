@@ -134,11 +134,12 @@ def test_paper_space_contents():
     assert set(dna.searched["direct_connection"].domain.values) == {True, False}
 
 
-def test_default_space_is_moderate_on_uci_and_wider_on_mnist():
+def test_default_space_is_cpu_sized_and_mnist_drops_narrow_nets():
     space = get_space("default")
     dna, mnist = space.layout("dna"), space.layout("mnist")
     assert max(dna.searched["hidden_units"].domain.values) <= 1000
-    assert max(mnist.searched["hidden_units"].domain.values) > 1000
+    assert min(mnist.searched["hidden_units"].domain.values) >= 500
+    assert max(mnist.searched["hidden_units"].domain.values) <= 1000
     assert dna.searched["hidden_layers"].domain.high <= 2
     assert 0.0 in dna.searched["weight_decay"].domain.values  # no weight decay is possible
     assert space.distributions("mnist")["hidden_units"] != space.distributions("dna")["hidden_units"]
