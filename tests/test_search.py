@@ -228,3 +228,18 @@ def test_parse_duration():
     for bad in ("", "m30", "1x", "0", "-5m"):
         with pytest.raises(UsageError):
             parse_duration(bad)
+
+
+def test_trial_device_follows_ray_gpu_assignment(monkeypatch):
+    import ray
+    import torch
+
+    from search.trainable import trial_device
+
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    assert trial_device() == "cpu"
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert trial_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert trial_device() == "cpu"  # a GPU id without a usable CUDA build falls back to the CPU

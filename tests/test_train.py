@@ -152,3 +152,11 @@ def test_cli_reaches_good_dna_nll(capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     test_nll = float(last.split(":")[1].split("±")[0])
     assert test_nll < 90.0, last
+
+
+def test_cuda_request_without_cuda_falls_back_to_cpu(tiny, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        trainer = Trainer(small_config(device="cuda", max_epochs=1), tiny.train, tiny.valid)
+    assert trainer.device.type == "cpu" and trainer.model.masks(0).output.device.type == "cpu"
+    assert Trainer(small_config(device="auto", max_epochs=1), tiny.train, tiny.valid).device.type == "cpu"
