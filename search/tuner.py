@@ -190,6 +190,15 @@ class ProgressPrinter(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._line(trials, trial, "FAILED")
 
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        print(
+            f"[{self._elapsed()}] trial {trial.trial_id} failed at epoch {epoch} (its worker died or it raised); "
+            f"retrying from its last checkpoint",
+            file=self.stream,
+            flush=True,
+        )
+
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         # A heartbeat every 30 s so long trials still show progress.
         now = time.monotonic()
