@@ -111,6 +111,7 @@ def make_searcher(plan: SweepPlan) -> OptunaSearch:
     return MadeOptunaSearch(
         max_epochs=plan.max_epochs,
         space=plan.space.define_by_run(plan.dataset),
+        points_to_evaluate=plan.space.start_points(plan.dataset) or None,
         metric=OBJECTIVE,
         mode="min",
         sampler=sampler,

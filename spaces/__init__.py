@@ -34,6 +34,8 @@ The same structure in a Python dict (``SPACE = {...}`` in a ``.py`` file), YAML
     fixed:                       # constants
       activation: relu
       direct_connection: false
+    start:                       # optional: partial configurations evaluated first, in order
+      - {num_masks: 32, ordering: agnostic, learning_rate: 3.0e-3}
     datasets:                    # per-dataset overrides, by the dataset name given to define_by_run
       mnist:
         params: {hidden_units: {choice: [500, 1000, 2000]}}
@@ -55,6 +57,8 @@ Rules:
 - A dataset override replaces, for that dataset only, the base entries of the
   parameters it names (a parameter may move between ``params`` and ``fixed``).
   Dataset names are matched exactly; other names get the base space.
+- ``start`` values must lie in their searched parameter's domain; where a dataset
+  override no longer admits a value, that value is left to the sampler.
 - In YAML, ``1e-3`` is read as a number (as in YAML 1.2 and JSON).
 
 Errors are ``SpaceError`` (a ``ValueError``) with the space name and the dotted

@@ -51,6 +51,21 @@ DEFAULT: dict[str, Any] = {
         "batch_size": {"choice": [32, 64, 100, 128, 256]},
     },
     "fixed": {"activation": "relu", "optimizer": "adam", "momentum": 0.0},
+    # Evaluated first: one layer of 500 units trained as an order-agnostic ensemble of 32
+    # masks with the direct connection, Adam at 3e-3 (the paper's "connectivity-agnostic"
+    # recipe). Short sweeps start from a strong point instead of pure random start-up trials.
+    "start": [
+        {
+            "hidden_layers": 1,
+            "hidden_units": 500,
+            "num_masks": 32,
+            "ordering": "agnostic",
+            "direct_connection": True,
+            "learning_rate": 3.0e-3,
+            "weight_decay": 0.0,
+            "batch_size": 100,
+        }
+    ],
     "datasets": _for_mnist(
         {
             "params": {

@@ -18,7 +18,7 @@ from spaces.domains import Choice, Condition, Domain, FloatRange, IntRange, Sear
 from spaces.errors import SpaceError
 from spaces.parameters import HYPERPARAMETERS, PARAMETERS
 
-SPACE_KEYS = ("name", "description", "params", "fixed", "datasets")
+SPACE_KEYS = ("name", "description", "params", "fixed", "datasets", "start")
 OVERRIDE_KEYS = ("params", "fixed")
 DOMAIN_KEYS = ("int", "float", "choice")
 OPTION_KEYS = ("step", "log", "when", "otherwise")
@@ -88,6 +88,17 @@ def parse_fixed(space: str, path: str, raw: Any) -> dict[str, Any]:
     """``fixed:``: parameter name to constant value."""
     entries = expect_mapping(space, path, raw, "{activation: relu}")
     return {_known_name(space, path, name): PARAMETERS[name].normalize(value) for name, value in entries.items()}
+
+
+def parse_start(space: str, path: str, raw: Any) -> tuple[dict[str, Any], ...]:
+    """``start``: a list of partial configurations the search evaluates first."""
+    if not isinstance(raw, list):
+        raise space_error(space, path, f"must be a list of {{parameter: value}} mappings, got {_kind(raw)}")
+    points = []
+    for index, point in enumerate(raw):
+        mapping = expect_mapping(space, f"{path}[{index}]", point, "{num_masks: 32, learning_rate: 3.0e-3}")
+        points.append({_known_name(space, f"{path}[{index}]", name): value for name, value in mapping.items()})
+    return tuple(points)
 
 
 def parse_overrides(space: str, path: str, raw: Any) -> dict[str, DatasetOverride]:

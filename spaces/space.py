@@ -18,6 +18,7 @@ from spaces.parsing import (
     parse_name,
     parse_overrides,
     parse_params,
+    parse_start,
     space_error,
 )
 
@@ -74,8 +75,10 @@ class SearchSpace:
     ``params`` are searched, ``fixed`` are constants, every other parameter takes
     its default; ``dataset_overrides`` replace entries for one dataset (by the
     dataset name given to ``define_by_run``; other names get the base space).
-    ``source`` says where it came from ("builtin" or a file path). The mappings
-    are read-only by convention. Building one validates it (``SpaceError``).
+    ``source`` says where it came from ("builtin" or a file path). ``start``
+    holds partial configurations the search evaluates before sampling (a known
+    strong point, so a short sweep is never worse than it). The mappings are
+    read-only by convention. Building one validates it (``SpaceError``).
     """
 
     name: str
@@ -84,6 +87,7 @@ class SearchSpace:
     fixed: dict[str, Any]
     dataset_overrides: dict[str, DatasetOverride] = field(default_factory=dict)
     source: str = "builtin"
+    start: tuple[dict[str, Any], ...] = ()
     _layouts: dict[str | None, Layout] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +111,7 @@ class SearchSpace:
             fixed=parse_fixed(name, "fixed", data.get("fixed", {})),
             dataset_overrides=parse_overrides(name, "datasets", data.get("datasets", {})),
             source=source,
+            start=parse_start(name, "start", data.get("start", [])),
         )
 
     def validate(self) -> None:
@@ -123,6 +128,27 @@ class SearchSpace:
             layouts[dataset] = Layout(searched, fixed, _evaluation_order(self.name, path, searched))
         self._layouts.clear()
         self._layouts.update(layouts)
+        base = layouts[None]
+        for index, point in enumerate(self.start):
+            for name, value in point.items():
+                where = f"start[{index}].{name}"
+                if name not in base.searched:
+                    raise space_error(self.name, where, "is not a searched parameter of the space")
+                if not base.searched[name].domain.contains(value):
+                    raise space_error(self.name, where, f"{value!r} is outside the parameter's domain")
+
+    def start_points(self, dataset: str | None = None) -> list[dict[str, Any]]:
+        """The ``start`` configurations for ``dataset``'s study.
+
+        A value a dataset override no longer admits (or a parameter it fixes) is left to
+        the sampler, so every point is valid in that study.
+        """
+        searched = self.layout(dataset).searched
+        points = [
+            {name: value for name, value in point.items() if name in searched and searched[name].domain.contains(value)}
+            for point in self.start
+        ]
+        return [point for point in points if point]
 
     def layout(self, dataset: str | None = None) -> Layout:
         """The searched and fixed parameters for ``dataset`` (None or an unlisted name: the base space)."""
@@ -176,6 +202,8 @@ class SearchSpace:
         data: dict[str, Any] = {"name": self.name, "description": self.description}
         data["params"] = _params_data(self.params)
         data["fixed"] = dict(self.fixed)
+        if self.start:
+            data["start"] = [dict(point) for point in self.start]
         if self.dataset_overrides:
             data["datasets"] = {
                 dataset: {"params": _params_data(override.params), "fixed": dict(override.fixed)}

@@ -570,3 +570,26 @@ def test_the_documented_example_space_is_valid():
         if config["optimizer"] == "adadelta":
             assert config["learning_rate"] == 1.0 and "learning_rate" not in trial.params
         assert ("momentum" in trial.params) == (config["optimizer"] == "sgd")
+
+
+def test_start_points_are_validated_and_evaluated_first():
+    space = get_space("default")
+    start = space.start_points("dna")
+    assert start and start[0]["num_masks"] == 32 and start[0]["ordering"] == "agnostic"
+    # The first trial of a study given the start point is exactly that point.
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.enqueue_trial(start[0])
+    config = space.define_by_run("dna")(study.ask())
+    assert {key: config[key] for key in start[0]} == start[0]
+    base = {"params": {"num_masks": {"choice": [1, 8]}, "hidden_units": {"choice": [100, 200]}},
+            "datasets": {"big": {"params": {"hidden_units": {"choice": [400]}}}}}  # fmt: skip
+    with pytest.raises(SpaceError, match=r"start\[0\]\.num_masks: 32 is outside the parameter's domain"):
+        SearchSpace.from_data({**base, "start": [{"num_masks": 32}]}, default_name="bad")
+    with pytest.raises(SpaceError, match=r"start\[0\]\.activation: is not a searched parameter"):
+        SearchSpace.from_data({**base, "start": [{"activation": "relu"}]}, default_name="bad")
+    with pytest.raises(SpaceError, match="start: must be a list"):
+        SearchSpace.from_data({**base, "start": {"num_masks": 8}}, default_name="bad")
+    good = SearchSpace.from_data({**base, "start": [{"num_masks": 8, "hidden_units": 200}]}, default_name="good")
+    assert good.start_points("other") == [{"num_masks": 8, "hidden_units": 200}]
+    assert good.start_points("big") == [{"num_masks": 8}]  # the override no longer admits 200 units
+    assert SearchSpace.from_data(good.to_data(), default_name="x").start == good.start
