@@ -35,7 +35,7 @@ The same structure in a Python dict (``SPACE = {...}`` in a ``.py`` file), YAML
       activation: relu
       direct_connection: false
     start:                       # optional: partial configurations evaluated first, in order
-      - {num_masks: 32, ordering: agnostic, learning_rate: 3.0e-3}
+      - {num_masks: 32, learning_rate: 3.0e-3}
     datasets:                    # per-dataset overrides, by the dataset name given to define_by_run
       mnist:
         params: {hidden_units: {choice: [500, 1000, 2000]}}
