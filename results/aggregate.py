@@ -1,11 +1,13 @@
 """Aggregate finished experiments into tables and figures.
 
-    python -m results.aggregate [--storage DIR ...] [--tables-dir results/tables]
+    python -m results.aggregate [--storage DIR|URI ...] [--tables-dir results/tables]
                                 [--figures-dir results/figures] [--no-figures]
                                 [--no-samples] [--replace]
 
 Scans every experiment folder ``<storage>/<name>/`` (layout: ``results.schema``; default
-storage ``./runs``, several ``--storage`` allowed) and writes, under the tables folder:
+storage ``./runs``, several ``--storage`` allowed; a URI such as ``s3://bucket/prefix`` is read
+through pyarrow, its experiment files fetched into a temporary folder) and writes, under the
+tables folder:
 
 - ``best_test_nll.csv``: one row per dataset, the best over all experiments whose best.json
   exists, **chosen by validation NLL** (never test NLL); columns BEST_TABLE_COLUMNS with the
@@ -53,7 +55,7 @@ import pandas as pd
 
 from results import schema
 from results.atomic import atomic_write_csv, atomic_write_text, exclusive_lock
-from results.experiments import Experiment, Skipped, scan_storages
+from results.experiments import Experiment, Skipped, local_storages, scan_storages
 from results.paper import paper_made_nll, paper_mask_sampling_nll
 from results.tables import (
     all_trials_columns,
@@ -232,7 +234,7 @@ def draw_figures(
 
 
 def aggregate(
-    storages: list[Path],
+    storages: list[Path | str],
     tables_dir: Path,
     figures_dir: Path | None,
     *,
@@ -241,11 +243,24 @@ def aggregate(
 ) -> AggregateResult:
     """Scan ``storages``, update the tables in ``tables_dir`` and draw figures.
 
-    ``figures_dir=None`` draws no figures; ``merge=False`` rewrites the tables from this
+    A storage is a local folder or a URI (``s3://bucket/prefix``, ``gs://...``; pyarrow's
+    query parameters allowed): a URI's experiment files are fetched into a temporary folder
+    first. ``figures_dir=None`` draws no figures; ``merge=False`` rewrites the tables from this
     run's experiments only; ``samples=False`` skips the (slow) samples figure. Never raises
     for a bad experiment folder: it is skipped with a warning and listed in ``skipped``.
     """
-    storages = [Path(s) for s in storages]
+    with local_storages(list(storages)) as local:
+        return _aggregate(local, tables_dir, figures_dir, merge=merge, samples=samples)
+
+
+def _aggregate(
+    storages: list[Path],
+    tables_dir: Path,
+    figures_dir: Path | None,
+    *,
+    merge: bool,
+    samples: bool,
+) -> AggregateResult:
     experiments, skipped = scan_storages(storages)
     if not experiments:
         logger.warning(
@@ -270,7 +285,8 @@ def aggregate(
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m results.aggregate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--storage", action="append", type=Path, help="experiment storage folder (repeatable; default ./runs)")
+    parser.add_argument("--storage", action="append",
+                        help="experiment storage folder or URI, e.g. s3://bucket/prefix (repeatable; default ./runs)")
     parser.add_argument("--tables-dir", type=Path, default=Path("results/tables"))
     parser.add_argument("--figures-dir", type=Path, default=Path("results/figures"))
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
@@ -279,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
-    storages = args.storage or [Path("runs")]
+    storages = args.storage or ["runs"]
     result = aggregate(
         storages,
         args.tables_dir,

@@ -51,7 +51,13 @@ class TrialRecord:
     last_result: dict[str, Any]
     history: pd.DataFrame
     num_failures: int
-    checkpoint_path: str | None
+    # The trial's last ray.tune.Checkpoint (it carries its own filesystem: local or a URI's).
+    checkpoint: Any | None
+
+    @property
+    def checkpoint_path(self) -> str | None:
+        """Where the checkpoint lies on its filesystem (a local path, or a bucket path for URI storage)."""
+        return self.checkpoint.path if self.checkpoint is not None else None
 
     @property
     def best_valid_nll(self) -> float:
@@ -59,8 +65,12 @@ class TrialRecord:
         return float(value) if value is not None else math.nan
 
 
-def read_trials(experiment_path: Path) -> list[TrialRecord]:
-    """Every trial of the experiment, from Ray's own files (works without Ray running)."""
+def read_trials(experiment_path: str | Path) -> list[TrialRecord]:
+    """Every trial of the experiment, from Ray's own files (works without Ray running).
+
+    ``experiment_path`` is a local folder or a URI (``s3://bucket/prefix/<name>``, query
+    parameters allowed): ``ExperimentAnalysis`` reads either through pyarrow.
+    """
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(experiment_path))
@@ -75,7 +85,7 @@ def read_trials(experiment_path: Path) -> list[TrialRecord]:
                 last_result=dict(trial.last_result or {}),
                 history=analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame()),
                 num_failures=int(getattr(trial, "num_failures", 0)),
-                checkpoint_path=checkpoint.path if checkpoint is not None else None,
+                checkpoint=checkpoint,
             )
         )
     return sorted(records, key=lambda record: record.trial_id)
@@ -143,7 +153,7 @@ def write_trial_files(experiment_path: Path, records: list[TrialRecord]) -> None
 
 def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
     """The trial with the lowest validation NLL that has a checkpoint; None if no trial qualifies."""
-    candidates = [r for r in records if math.isfinite(r.best_valid_nll) and r.checkpoint_path is not None]
+    candidates = [r for r in records if math.isfinite(r.best_valid_nll) and r.checkpoint is not None]
     return min(candidates, key=lambda r: r.best_valid_nll, default=None)
 
 
@@ -154,12 +164,21 @@ def evaluate_best(
     test_data: np.ndarray,
     test_masks: int | None,
     extra: dict[str, Any] | None = None,
+    *,
+    checkpoint_path: str | None = None,
 ) -> dict[str, Any] | None:
-    """Evaluate the best trial once on the test set; write best_model/ and best.json. Returns best.json's data."""
+    """Evaluate the best trial once on the test set; write best_model/ and best.json. Returns best.json's data.
+
+    ``experiment_path`` is the local folder written to. The trial's checkpoint is read through
+    Ray's ``Checkpoint`` (downloaded first when it lives at a URI). best.json's
+    ``checkpoint_path`` is the absolute best_model/ folder unless ``checkpoint_path`` is given
+    (URI storage: the path relative to the experiment folder).
+    """
     best = best_trial(records)
     if best is None:
         return None
-    model = load_best_model(best.checkpoint_path)
+    with best.checkpoint.as_directory() as checkpoint_folder:
+        model = load_best_model(checkpoint_folder)
     num_masks = int(best.config.get("num_masks", 1))
     masks = default_test_masks(num_masks) if test_masks is None else (test_masks if num_masks == 0 else min(test_masks, num_masks))
     test = evaluate_nll(model, test_data, n_masks=masks)
@@ -174,7 +193,7 @@ def evaluate_best(
         "test_nll": test.mean,
         "test_nll_stderr": test.stderr,
         "test_masks": masks,
-        "checkpoint_path": str(model_folder),
+        "checkpoint_path": checkpoint_path or str(model_folder),
         "finished_at": utc_now(),
         **(extra or {}),
     }

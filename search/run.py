@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from results import schema
+from search.storage import STAGING_ENV
 
 EXIT_BAD_INPUT = 2
 EXIT_NO_RESULT = 1
@@ -64,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--concurrency", type=int, default=None, help="trials at once (default: as many as resources allow)")
     add("--address", default=None, help="join a running Ray cluster (e.g. auto or HOST:6379); default: start Ray here")
     add("--num-cpus", type=int, default=None, help="CPUs for a locally started Ray (default: all)")
-    add("--storage", default=DEFAULT_STORAGE, help="parent folder (or URI) of experiment folders")
+    add("--storage", default=DEFAULT_STORAGE, help="parent folder or URI (s3://bucket/prefix, gs://...) of experiment folders")
+    add("--local-dir", default=None,
+        help=f"URI storage only: local staging folder for the driver's files and the SQLite study "
+             f"(default: ${STAGING_ENV}, else ~/.cache/made-search/experiments)")
     add("--shared-storage", action="store_true", help="declare a local --storage path shared by every node (e.g. NFS)")
     add("--name", default=None, help="experiment name (default: <dataset>-<space>-<UTC time>)")
     add("--resume", action="store_true", help="continue the interrupted sweep --name (default: the newest for --dataset)")
@@ -88,25 +92,36 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _check_storage(storage: str) -> None:
-    from search.cluster import is_local_path
+    """A local folder that can be created and written, or a URI pyarrow can open and write under."""
+    from search.storage import StorageError, check_writable
 
-    if not is_local_path(storage):
-        raise UsageError(
-            f"--storage {storage}: URI storage is not supported by this version's driver-side files yet; "
-            "use a path every node can reach (e.g. an NFS mount) with --shared-storage"
-        )
-    path = Path(storage.removeprefix("file://")).expanduser()
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".made-search-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(f"--storage {storage} is not a writable folder: {error.strerror or error}") from None
+        check_writable(storage)
+    except StorageError as error:
+        raise UsageError(str(error)) from None
+
+
+def _staging_root(args: argparse.Namespace) -> Path | None:
+    return Path(args.local_dir).expanduser() if getattr(args, "local_dir", None) else None
+
+
+def experiment_folder(plan: Any, args: argparse.Namespace) -> Any:
+    """The plan's experiment folder: local, or a URI with its local staging folder."""
+    from search.storage import ExperimentFolder
+
+    return ExperimentFolder(plan.storage, plan.name, _staging_root(args))
 
 
 def _default_optuna_storage(experiment_path: Path) -> str:
     return f"sqlite:///{(experiment_path / schema.STUDY_FILE).resolve()}"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL, else None."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
 
 
 def _check_optuna_url(url: str) -> None:
@@ -119,25 +134,24 @@ def _check_optuna_url(url: str) -> None:
         raise UsageError(f"--optuna-storage {url!r} is not an SQLAlchemy URL (e.g. sqlite:///study.db, postgresql://...)") from None
 
 
-def _newest_unfinished(storage: Path, dataset: str) -> str | None:
-    """The newest experiment for ``dataset`` under ``storage`` (for --resume without --name)."""
-    candidates = []
-    for marker in storage.glob(f"*/{schema.EXPERIMENT_FILE}"):
-        try:
-            from search.experiment import read_json
+def _newest_unfinished(storage: str, dataset: str) -> str | None:
+    """The newest experiment for ``dataset`` under ``storage``, a path or a URI (for --resume without --name)."""
+    from search.storage import StorageError, list_experiments
 
-            info = read_json(marker)
-        except (OSError, ValueError):
-            continue
-        if info.get("dataset") == dataset:
-            candidates.append((str(info.get("started_at", "")), marker.parent.name))
+    try:
+        experiments = list_experiments(str(storage), schema.EXPERIMENT_FILE)
+    except StorageError as error:
+        raise UsageError(f"--resume without --name: {error}; pass --name") from None
+    candidates = [
+        (str(info.get("started_at", "")), name) for name, info in experiments if isinstance(info, dict) and info.get("dataset") == dataset
+    ]
     return max(candidates)[1] if candidates else None
 
 
 def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Validate the command line into a SweepPlan (and the experiment.json of a resumed sweep)."""
     from made_core.data import DatasetError, canonical_name
-    from search.experiment import read_json
+    from search.storage import ExperimentFolder, StorageError, normalize_storage
     from search.tuner import SweepPlan
     from spaces import SpaceError, get_space
 
@@ -166,30 +180,39 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     except DatasetError as error:
         raise UsageError(str(error)) from None
     _check_storage(args.storage)
-    storage = str(Path(args.storage.removeprefix("file://")).expanduser().resolve())
+    storage = normalize_storage(args.storage)
 
     previous: dict[str, Any] = {}
     name = args.name
-    if args.resume:
-        name = name or _newest_unfinished(Path(storage), dataset)
-        _require(name is not None, f"--resume: no experiment for dataset {dataset} under {storage}")
-        marker = Path(storage) / name / schema.EXPERIMENT_FILE
-        _require(marker.exists(), f"--resume: {marker} does not exist (is --name or --storage wrong?)")
-        previous = read_json(marker)
-        _require(previous.get("dataset") == dataset, f"--resume: experiment {name} is for dataset {previous.get('dataset')}, not {dataset}")
-    else:
-        name = name or f"{dataset}-{Path(args.space).stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-        _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) is not None, f"--name {name!r}: use letters, digits, '.', '_' and '-'")
-        _require(
-            not (Path(storage) / name).exists(),
-            f"experiment {name} already exists under {storage}: pass --resume to continue it, or a new --name",
-        )
+    try:
+        if args.resume:
+            name = name or _newest_unfinished(storage, dataset)
+            _require(name is not None, f"--resume: no experiment for dataset {dataset} under {storage}")
+            folder = ExperimentFolder(storage, name, _staging_root(args))
+            marker = folder.remote(schema.EXPERIMENT_FILE)
+            _require(folder.has_file(schema.EXPERIMENT_FILE), f"--resume: {marker} does not exist (is --name or --storage wrong?)")
+            previous = folder.read_json(schema.EXPERIMENT_FILE)
+            _require(previous.get("dataset") == dataset, f"--resume: experiment {name} is for dataset {previous.get('dataset')}, not {dataset}")
+        else:
+            name = name or f"{dataset}-{Path(args.space).stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+            _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) is not None, f"--name {name!r}: use letters, digits, '.', '_' and '-'")
+            folder = ExperimentFolder(storage, name, _staging_root(args))
+            _require(
+                not folder.exists(),
+                f"experiment {name} already exists under {storage}: pass --resume to continue it, or a new --name",
+            )
+    except (StorageError, ValueError) as error:
+        if isinstance(error, UsageError):
+            raise
+        raise UsageError(str(error)) from None
     space_source = previous.get("space", args.space)
     try:
         space = get_space(space_source)
     except SpaceError as error:
         raise UsageError(str(error)) from None
-    optuna_storage = args.optuna_storage or previous.get("optuna_storage") or _default_optuna_storage(Path(storage) / name)
+    # URI storage: SQLite cannot live in an object store, so the default study stays in the
+    # local staging folder (uploaded as a copy at the end).
+    optuna_storage = args.optuna_storage or previous.get("optuna_storage") or _default_optuna_storage(folder.local_path)
     _check_optuna_url(optuna_storage)
     plan = SweepPlan(
         dataset=dataset,
@@ -274,25 +297,50 @@ def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: 
 def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Namespace) -> int:
     import ray
 
-    from search.experiment import evaluate_best, read_trials, write_json, write_trial_files
+    from search.experiment import BEST_MODEL_FOLDER, evaluate_best, read_trials, write_json, write_trial_files
+    from search.storage import remove_stale_staging
     from search.tuner import ProgressPrinter, make_trainable, make_tuner, restore_tuner
 
     started = time.monotonic()
-    experiment_path = plan.experiment_path
+    folder = experiment_folder(plan, args)
+    # Where the driver writes: the experiment folder itself, or for a URI its local staging
+    # folder, published to the URI at the points the local version writes.
+    experiment_path = folder.local_path
+    study_file = _sqlite_file(plan.optuna_storage)
+    if study_file is not None and (study_file.name, study_file.parent.name) != (schema.STUDY_FILE, plan.name):
+        study_file = None  # a SQLite file of the user's own (--optuna-storage): left where it is
+    if folder.is_uri:
+        if not previous and remove_stale_staging(experiment_path):
+            print(f"note: removed a stale staging folder {experiment_path} (no such experiment at {folder.location})", flush=True)
+        if study_file is not None:
+            if previous and not study_file.exists() and folder.download(schema.STUDY_FILE, study_file):
+                print(f"note: fetched the Optuna study's last uploaded copy to {study_file}", flush=True)
+            print(
+                f"note: the Optuna study is SQLite in the local staging folder ({study_file}), uploaded to "
+                f"{folder.remote(schema.STUDY_FILE)} at the end; on a cluster prefer --optuna-storage postgresql://...",
+                flush=True,
+            )
     experiment_path.mkdir(parents=True, exist_ok=True)
     marker = experiment_path / schema.EXPERIMENT_FILE
     write_json(marker, _experiment_info(plan, previous, "running", started, data))
+    folder.publish(schema.EXPERIMENT_FILE)
     trainable = make_trainable(plan, data.train, data.valid)
     progress = ProgressPrinter(plan.num_samples)
     resuming = bool(previous)
-    if resuming and not ray.tune.Tuner.can_restore(str(experiment_path)):
+    if resuming and not ray.tune.Tuner.can_restore(folder.location):
         print(f"note: {plan.name} has no restorable Ray state yet; starting its sweep afresh", flush=True)
         resuming = False
-    tuner = restore_tuner(plan, trainable) if resuming else make_tuner(plan, trainable, progress)
+    if not resuming:
+        tuner = make_tuner(plan, trainable, progress)
+    elif folder.is_uri:
+        # plan.experiment_path is a local Path; Ray takes the experiment's URI.
+        tuner = ray.tune.Tuner.restore(folder.location, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = restore_tuner(plan, trainable)
     print(
         f"sweep {plan.name}: {plan.num_samples} trials of space {plan.space_source!r} on {plan.dataset} "
         f"({data.train.shape[0]} train rows, D={data.input_dim}), up to {plan.max_epochs} epochs each; "
-        f"folder {experiment_path}",
+        f"folder {folder.location}" + (f" (staged in {experiment_path})" if folder.is_uri else ""),
         flush=True,
     )
     status = "finished"
@@ -302,7 +350,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         status = "interrupted"
         print("interrupted: finished trials are kept; continue with --resume", file=sys.stderr, flush=True)
 
-    records = read_trials(experiment_path)
+    records = read_trials(folder.location)
     write_trial_files(experiment_path, records)
     completed = sum(1 for r in records if r.status == "TERMINATED")
     info = _experiment_info(plan, previous, status, started, data)
@@ -310,8 +358,17 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     # The time budget can end a sweep before every trial ran; the sweep still reports.
     info["stopped_by_time_budget"] = status == "finished" and len(records) < plan.num_samples
     extra = {"true_test_nll": data.true_test_nll} if data.true_test_nll is not None else {}
-    best = evaluate_best(experiment_path, records, plan.dataset, data.test, plan.test_masks, extra)
+    model_location = None
+    if folder.is_uri:
+        # best.json names the model relative to its experiment folder (valid after a download
+        # or `aws s3 sync`) and by its URI.
+        model_location = BEST_MODEL_FOLDER
+        extra["checkpoint_uri"] = folder.remote(BEST_MODEL_FOLDER)
+    best = evaluate_best(experiment_path, records, plan.dataset, data.test, plan.test_masks, extra, checkpoint_path=model_location)
     write_json(marker, info)
+    folder.publish(schema.TRIALS_FILE, schema.CURVES_FILE, BEST_MODEL_FOLDER, schema.BEST_FILE, schema.EXPERIMENT_FILE)
+    if folder.is_uri and study_file is not None:
+        folder.publish_sqlite(study_file, schema.STUDY_FILE)
     failed = sum(1 for r in records if r.status == "ERROR")
     print(f"{len(records)} trials: {completed} completed, {failed} failed; wall time {info['wall_seconds']:.0f} s", flush=True)
     if best is None:
@@ -320,18 +377,19 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     print(
         f"best trial {best['trial_id']}: valid NLL {best['valid_nll']:.3f}, "
         f"test NLL {best['test_nll']:.3f} ± {best['test_nll_stderr']:.3f} ({best['test_masks']} mask{'s' if best['test_masks'] > 1 else ''})\n"
-        f"  config: {best['config']}\n  written: {experiment_path / schema.BEST_FILE}",
+        f"  config: {best['config']}\n  written: {folder.remote(schema.BEST_FILE)}",
         flush=True,
     )
     if not args.no_tables:
         from results.aggregate import aggregate
 
         try:
-            result = aggregate([Path(plan.storage)], Path(args.tables_dir), Path(args.figures_dir))
+            # For a URI, the staged copies of its experiments (this machine's) stand in for it.
+            result = aggregate([folder.local_storage], Path(args.tables_dir), Path(args.figures_dir))
         except Exception as error:  # noqa: BLE001 - the sweep's own files are written; say how to redo the tables
             print(
                 f"error: refreshing the tables failed ({type(error).__name__}: {error}); the experiment is complete, "
-                f"rerun: python -m results.aggregate --storage {plan.storage}",
+                f"rerun: python -m results.aggregate --storage {shlex.quote(plan.storage)}",
                 file=sys.stderr,
             )
             return EXIT_NO_RESULT
@@ -364,12 +422,17 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address=args.address, log_to_driver=True)
     else:
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+    from search.storage import StorageError
+
     try:
         check_cluster(plan, args.shared_storage)
         return run_sweep(plan, previous, data, args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StorageError as error:  # an upload or download failed mid-sweep
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_NO_RESULT
     finally:
         ray.shutdown()
 
