@@ -330,13 +330,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     if resuming and not ray.tune.Tuner.can_restore(folder.location):
         print(f"note: {plan.name} has no restorable Ray state yet; starting its sweep afresh", flush=True)
         resuming = False
-    if not resuming:
-        tuner = make_tuner(plan, trainable, progress)
-    elif folder.is_uri:
-        # plan.experiment_path is a local Path; Ray takes the experiment's URI.
-        tuner = ray.tune.Tuner.restore(folder.location, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = restore_tuner(plan, trainable)
+    tuner = restore_tuner(folder.location, trainable) if resuming else make_tuner(plan, trainable, progress)
     print(
         f"sweep {plan.name}: {plan.num_samples} trials of space {plan.space_source!r} on {plan.dataset} "
         f"({data.train.shape[0]} train rows, D={data.input_dim}), up to {plan.max_epochs} epochs each; "

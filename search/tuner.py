@@ -145,9 +145,9 @@ def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback) -> tune
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
-def restore_tuner(plan: SweepPlan, trainable: Any) -> tune.Tuner:
-    """Continue an interrupted sweep: finished trials stay, unfinished and errored ones resume."""
-    return tune.Tuner.restore(str(plan.experiment_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+def restore_tuner(location: str, trainable: Any) -> tune.Tuner:
+    """Continue the sweep at ``location`` (a path or URI): finished trials stay, unfinished and errored ones resume."""
+    return tune.Tuner.restore(location, trainable=trainable, resume_unfinished=True, resume_errored=True)
 
 
 class ProgressPrinter(tune.Callback):
