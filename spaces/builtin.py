@@ -51,9 +51,11 @@ DEFAULT: dict[str, Any] = {
         "batch_size": {"choice": [32, 64, 100, 128, 256]},
     },
     "fixed": {"activation": "relu", "optimizer": "adam", "momentum": 0.0},
-    # Evaluated first: one layer of 500 units trained as an order-agnostic ensemble of 32
-    # masks with the direct connection, Adam at 3e-3 (the paper's "connectivity-agnostic"
-    # recipe). Short sweeps start from a strong point instead of pure random start-up trials.
+    # Evaluated first, so short sweeps start from strong points instead of pure random
+    # start-up trials: one layer of 500 units with the direct connection, (1) trained as an
+    # order-agnostic ensemble of 32 masks with Adam at 3e-3 (the paper's connectivity-agnostic
+    # recipe; best on the small UCI sets), and (2) the plain single-mask MADE in the natural
+    # order at 1e-3 (fast to train; strong on large sets such as MNIST).
     "start": [
         {
             "hidden_layers": 1,
@@ -64,7 +66,17 @@ DEFAULT: dict[str, Any] = {
             "learning_rate": 3.0e-3,
             "weight_decay": 0.0,
             "batch_size": 100,
-        }
+        },
+        {
+            "hidden_layers": 1,
+            "hidden_units": 500,
+            "num_masks": 1,
+            "ordering": "natural",
+            "direct_connection": True,
+            "learning_rate": 1.0e-3,
+            "weight_decay": 0.0,
+            "batch_size": 100,
+        },
     ],
     "datasets": _for_mnist(
         {
