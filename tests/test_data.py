@@ -177,6 +177,9 @@ def test_mnist_loads_through_its_alias() -> None:
     assert_binary_float32(splits.train, (50_000, 784))
     assert_binary_float32(splits.valid, (10_000, 784))
     assert_binary_float32(splits.test, (10_000, 784))
+    # The shared file is a known stand-in, and every result built on it must say so.
+    assert "STAND-IN" in splits.description
+    assert "STAND-IN" not in load_dataset("dna", download=False).description
 
 
 # ----------------------------------------------------------------------------------
