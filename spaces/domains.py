@@ -38,14 +38,9 @@ class IntRange:
 
     def problem_for(self, info: ParameterInfo) -> str | None:
         """What is wrong with this range for ``info``'s parameter, or None."""
-        if info.type is not int:
-            return _wrong_kind("int", info)
-        for label, bound in (("low", self.low), ("high", self.high)):
-            problem = info.problem_with(bound)
-            if problem:
-                return f"{label} bound: {problem}"
-        if self.low > self.high:
-            return f"low {self.low} > high {self.high}"
+        problem = _range_problem("int", int, self.low, self.high, info)
+        if problem:
+            return problem
         if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 1:
             return f"step must be a positive integer, got {self.step!r}"
         if self.log and self.step != 1:
@@ -90,14 +85,9 @@ class FloatRange:
 
     def problem_for(self, info: ParameterInfo) -> str | None:
         """What is wrong with this range for ``info``'s parameter, or None."""
-        if info.type is not float:
-            return _wrong_kind("float", info)
-        for label, bound in (("low", self.low), ("high", self.high)):
-            problem = info.problem_with(bound)
-            if problem:
-                return f"{label} bound: {problem}"
-        if self.low > self.high:
-            return f"low {self.low} > high {self.high}"
+        problem = _range_problem("float", float, self.low, self.high, info)
+        if problem:
+            return problem
         if self.log and self.low <= 0:
             return f"log ranges need low > 0, got low {self.low}"
         if self.step is not None:
@@ -233,6 +223,19 @@ class SearchedParameter:
             if not same_value(self.otherwise, default):
                 data["otherwise"] = self.otherwise
         return data
+
+
+def _range_problem(kind: str, value_type: type, low: Any, high: Any, info: ParameterInfo) -> str | None:
+    """What every range shares: the parameter takes this kind, both bounds are legal values, low <= high."""
+    if info.type is not value_type:
+        return _wrong_kind(kind, info)
+    for label, bound in (("low", low), ("high", high)):
+        problem = info.problem_with(bound)
+        if problem:
+            return f"{label} bound: {problem}"
+    if low > high:
+        return f"low {low} > high {high}"
+    return None
 
 
 def _wrong_kind(kind: str, info: ParameterInfo) -> str:
