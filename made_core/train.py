@@ -133,6 +133,19 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
+def fused_adam_supported(device: torch.device) -> bool:
+    """Whether torch has a fused Adam kernel for ``device``: CUDA always here, the CPU from torch 2.4.
+
+    Fused Adam updates a parameter in one pass instead of about ten. On the CPU it also avoids a
+    slow path of the per-tensor kernel: torch's CPU sqrt is several times slower on exact zeros, and a
+    MADE's masked weights get exactly zero gradients, so their ``exp_avg_sq`` is full of zeros
+    (see ``python -m made_core.bench``). Results differ from the per-tensor kernel by rounding only.
+    """
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and torch.__version__ >= (2, 4)
+
+
 @dataclass(frozen=True)
 class EpochResult:
     """What one epoch produced. NLLs are nats per example; validation uses the mask ensemble.
@@ -192,7 +205,8 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c, parameters = self.config, self.model.parameters()
         if c.optimizer == "adam":
-            return torch.optim.Adam(parameters, lr=c.learning_rate, weight_decay=c.weight_decay)
+            fused = fused_adam_supported(self.device)
+            return torch.optim.Adam(parameters, lr=c.learning_rate, weight_decay=c.weight_decay, fused=fused)
         if c.optimizer == "adagrad":
             return torch.optim.Adagrad(parameters, lr=c.learning_rate, weight_decay=c.weight_decay)
         if c.optimizer == "adadelta":

@@ -1,0 +1,562 @@
+"""Throughput benchmark: MADE training against an unmasked MLP, and mask-ensemble evaluation.
+
+Run ``python -m made_core.bench [--quick] [--device cpu|cuda] [--repeats N] [--json PATH]``.
+
+1. Training. Examples/s of the real training step for a MADE and for an MLP with the same
+   layers, initial weights, optimiser and batches but no masks. The step is the body of
+   ``Trainer.run_epoch`` (gather a minibatch, logits under the step's mask, BCE-with-logits
+   summed over dimensions / batch, zero_grad, backward, optimiser step, loss accumulated on
+   the device, one host sync per timed block); the MADE and its optimiser are built by
+   ``Trainer`` itself. The two models are timed in alternating blocks in one process (A/B,
+   then B/A, ...), so a change in machine load hits both; MADE/MLP is the median over rounds
+   of the ratio of adjacent blocks. Target: MADE/MLP >= ``TARGET_RATIO``. On the CPU the same
+   ratio is also given by process CPU time, which other processes' load disturbs less.
+2. Evaluation. Examples/s of ``evaluate_nll(model, rows, n_masks=32)`` and its matmul
+   FLOP rate as a fraction of the rate of the same matmuls (same shapes, same batch size)
+   run dense, timed alternately in the same process.
+
+The benchmark reports; it never fails. Timings on a shared machine are noisy, which is why
+only ratios measured side by side are compared with the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from made_core.data import DatasetError, load_dataset, resolve_data_dir
+from made_core.evaluate import as_tensor, evaluate_nll
+from made_core.model import ACTIVATIONS, MADE
+from made_core.train import Trainer, TrainConfig, resolve_device
+
+TARGET_RATIO = 0.90
+INPUT_DIM = 784  # binarized MNIST
+HIDDEN_CONFIGS: tuple[tuple[int, ...], ...] = ((500,), (500, 500))
+TRAINING_MASK_COUNTS: tuple[int, ...] = (1, 32)
+ENSEMBLE_MASKS = 32
+BATCH_SIZE = 100
+EVAL_BATCH_SIZE = 1000  # evaluate_nll's default
+RANDOM_PIXEL_PROBABILITY = 0.5
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How much to measure. ``full()`` is the reference run, ``quick_run()`` a smoke run of a few seconds."""
+
+    device: str = "auto"
+    training_rounds: int = 15  # interleaved MADE/MLP block pairs per configuration
+    steps_per_block: int = 16
+    warmup_steps: int = 10
+    training_rows: int = 10_000
+    evaluation_rows: int = 10_000
+    evaluation_rounds: int = 2  # interleaved ensemble/dense pairs per model (A/B, then B/A)
+    direct_connection: bool = False
+    data: str = "auto"  # "auto": MNIST from the data dir when present, else random rows; "random"
+    quick: bool = False
+
+    @classmethod
+    def full(cls, **overrides: object) -> "BenchSettings":
+        return cls(**overrides)  # type: ignore[arg-type]
+
+    @classmethod
+    def quick_run(cls, **overrides: object) -> "BenchSettings":
+        values: dict[str, object] = dict(
+            training_rounds=3, steps_per_block=3, warmup_steps=2, training_rows=500,
+            evaluation_rows=200, evaluation_rounds=1, quick=True,
+        )  # fmt: skip
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class BenchData:
+    """Rows for both sections (float32 0/1, D = 784) and where they came from."""
+
+    training_rows: np.ndarray
+    evaluation_rows: np.ndarray
+    description: str
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """One configuration of section 1. Rates are medians over rounds, in examples/s."""
+
+    hidden_sizes: tuple[int, ...]
+    num_masks: int
+    made_examples_per_second: float
+    mlp_examples_per_second: float
+    ratio: float  # median over rounds of MADE/MLP from adjacent blocks (wall-clock rates)
+    ratio_quartiles: tuple[float, float]
+    cpu_time_ratio: float | None  # the same from CPU time per example; None on a GPU
+    cpu_time_ratio_quartiles: tuple[float, float] | None
+    rounds: int
+    steps_per_block: int
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.ratio >= TARGET_RATIO else "MISS"
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """One model of section 2. FLOPs count the matmuls only (2 * rows * fan_in * fan_out each)."""
+
+    hidden_sizes: tuple[int, ...]
+    n_masks: int
+    rows: int
+    examples_per_second: float
+    ensemble_gflops_per_second: float
+    dense_gflops_per_second: float
+    fraction_of_dense: float
+    fraction_of_dense_by_cpu_time: float | None  # the same from process CPU time; None on a GPU
+    matmul_gflop: float
+    nll: float
+
+
+@dataclass
+class BenchReport:
+    environment: dict[str, object]
+    settings: dict[str, object]
+    data: str
+    optimizer: str
+    target_ratio: float = TARGET_RATIO
+    training: list[TrainingResult] = field(default_factory=list)
+    evaluation: list[EvaluationResult] = field(default_factory=list)
+
+
+# -- the baseline --------------------------------------------------------------------
+class UnmaskedMLP(nn.Module):
+    """The layers of a MADE, copied with their current weights, used without masks.
+
+    ``logits`` and ``training_mask_index`` mirror MADE's so the same training step drives both.
+    """
+
+    def __init__(self, made: MADE) -> None:
+        super().__init__()
+        self.activation = ACTIVATIONS[made.activation]
+        self.hidden_layers = copy.deepcopy(made.hidden_layers)
+        self.output_layer = copy.deepcopy(made.output_layer)
+        self.direct_layer = copy.deepcopy(made.direct_layer)
+
+    def logits(self, x: torch.Tensor, mask_index: int | None = None) -> torch.Tensor:
+        hidden = x
+        for layer in self.hidden_layers:
+            hidden = self.activation(F.linear(hidden, layer.weight, layer.bias))
+        logits = F.linear(hidden, self.output_layer.weight, self.output_layer.bias)
+        if self.direct_layer is not None:
+            logits = logits + F.linear(x, self.direct_layer.weight)
+        return logits
+
+    def training_mask_index(self, step: int) -> int:
+        return 0
+
+
+# -- timing helpers ------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so that wall-clock time covers it (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_block(
+    model: MADE | UnmaskedMLP,
+    optimizer: torch.optim.Optimizer,
+    rows: torch.Tensor,
+    order: torch.Tensor,
+    first_step: int,
+    steps: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """Run ``steps`` training steps exactly as ``Trainer.run_epoch`` does; returns the summed loss.
+
+    Step s trains on minibatch ``s mod (len(order) // batch_size)`` of ``rows[order]`` under the
+    mask ``model.training_mask_index(s)``. The loss stays on the device (the Trainer syncs once
+    per epoch); the caller syncs once per block by reading it. This replicates the loop body of
+    ``Trainer.run_epoch`` (without its optional gradient clipping, off by default) because that
+    body is not a separate method; a test checks the two give bit-identical weights.
+    """
+    total_loss = torch.zeros((), device=rows.device, dtype=torch.float64)
+    batches = len(order) // batch_size
+    for step in range(first_step, first_step + steps):
+        start = (step % batches) * batch_size
+        batch = rows[order[start : start + batch_size]]
+        logits = model.logits(batch, model.training_mask_index(step))
+        loss = F.binary_cross_entropy_with_logits(logits, batch, reduction="sum") / len(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach().double() * len(batch)
+    return total_loss
+
+
+@dataclass(frozen=True)
+class Timing:
+    wall_seconds: float
+    cpu_seconds: float  # CPU time of this process, all its threads
+
+
+def timed(run: Callable[[], object], device: torch.device) -> Timing:
+    """Wall-clock and process CPU seconds taken by ``run()``, including the GPU work it queued."""
+    synchronize(device)
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
+    run()
+    synchronize(device)
+    return Timing(time.perf_counter() - wall_start, time.process_time() - cpu_start)
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return (values[0], values[0])
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return (low, high)
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
+    settings = optimizer.defaults
+    kernel = "fused" if settings.get("fused") else "foreach" if settings.get("foreach") else "per-tensor"
+    return f"{type(optimizer).__name__} (lr {settings.get('lr')}, {kernel} kernel)"
+
+
+# -- section 1: training --------------------------------------------------------------
+def benchmark_training(
+    hidden_sizes: tuple[int, ...], num_masks: int, rows: np.ndarray, settings: BenchSettings
+) -> tuple[TrainingResult, str]:
+    """MADE vs unmasked MLP training throughput for one configuration; also names the optimiser."""
+    config = TrainConfig(
+        hidden_sizes=hidden_sizes, num_masks=num_masks, direct_connection=settings.direct_connection,
+        batch_size=BATCH_SIZE, device=settings.device,
+    )  # fmt: skip
+    trainer = Trainer(config, rows, rows[:BATCH_SIZE])  # builds the MADE and its optimiser as training does
+    made, made_optimizer = trainer.model, trainer.optimizer
+    mlp = UnmaskedMLP(made).to(trainer.device)
+    mlp_optimizer = type(made_optimizer)(mlp.parameters(), **made_optimizer.defaults)
+    device_rows = trainer.train_rows
+    order = torch.randperm(len(device_rows), generator=torch.Generator().manual_seed(0)).to(trainer.device)
+
+    for mask_index in range(num_masks):  # build every cached mask before timing
+        made.masks(mask_index)
+    contenders = {"MADE": (made, made_optimizer), "MLP": (mlp, mlp_optimizer)}
+    next_step = dict.fromkeys(contenders, 0)
+
+    def run_block(name: str, steps: int) -> Timing:
+        model, optimizer = contenders[name]
+        first = next_step[name]
+        next_step[name] += steps
+        return timed(lambda: float(train_block(model, optimizer, device_rows, order, first, steps, BATCH_SIZE)), trainer.device)
+
+    for name in contenders:
+        run_block(name, settings.warmup_steps)
+    examples = settings.steps_per_block * BATCH_SIZE
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    wall_ratios, cpu_ratios = [], []
+    for round_index in range(settings.training_rounds):
+        names = ("MADE", "MLP") if round_index % 2 == 0 else ("MLP", "MADE")
+        this_round = {name: run_block(name, settings.steps_per_block) for name in names}
+        for name, timing in this_round.items():
+            rates[name].append(examples / timing.wall_seconds)
+        made_time, mlp_time = this_round["MADE"], this_round["MLP"]
+        wall_ratios.append(mlp_time.wall_seconds / made_time.wall_seconds)
+        cpu_ratios.append(mlp_time.cpu_seconds / max(made_time.cpu_seconds, 1e-9))
+    on_cpu = trainer.device.type == "cpu"
+    result = TrainingResult(
+        hidden_sizes=hidden_sizes,
+        num_masks=num_masks,
+        made_examples_per_second=statistics.median(rates["MADE"]),
+        mlp_examples_per_second=statistics.median(rates["MLP"]),
+        ratio=statistics.median(wall_ratios),
+        ratio_quartiles=quartiles(wall_ratios),
+        cpu_time_ratio=statistics.median(cpu_ratios) if on_cpu else None,
+        cpu_time_ratio_quartiles=quartiles(cpu_ratios) if on_cpu else None,
+        rounds=settings.training_rounds,
+        steps_per_block=settings.steps_per_block,
+    )
+    return result, describe_optimizer(made_optimizer)
+
+
+# -- section 2: evaluation --------------------------------------------------------------
+def layer_weights(model: MADE) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """The chain of (out, in) weights input -> hidden ... -> output, and the direct weight."""
+    chain = [layer.weight for layer in model.hidden_layers] + [model.output_layer.weight]
+    return chain, None if model.direct_layer is None else model.direct_layer.weight
+
+
+def matmul_flop(model: MADE, rows: int, n_masks: int) -> int:
+    """Multiply-add FLOPs (2 per multiply-add) of every matmul of an ``n_masks`` ensemble pass."""
+    chain, direct = layer_weights(model)
+    weights = chain + ([direct] if direct is not None else [])
+    return n_masks * sum(2 * rows * weight.shape[0] * weight.shape[1] for weight in weights)
+
+
+@torch.no_grad()
+def dense_matmuls(model: MADE, rows: torch.Tensor, n_masks: int, batch_size: int) -> None:
+    """The ensemble's matmuls alone: for each mask and batch, x @ W^T through the layers (no masks)."""
+    chain, direct = layer_weights(model)
+    for _ in range(n_masks):
+        for start in range(0, len(rows), batch_size):
+            inputs = rows[start : start + batch_size]
+            hidden = inputs
+            for weight in chain:
+                hidden = torch.mm(hidden, weight.t())
+            if direct is not None:
+                torch.mm(inputs, direct.t())
+
+
+def benchmark_evaluation(hidden_sizes: tuple[int, ...], rows: np.ndarray, settings: BenchSettings) -> EvaluationResult:
+    """Ensemble evaluation throughput of an (untrained) MADE and its fraction of the dense matmul rate."""
+    device = resolve_device(settings.device)
+    torch.manual_seed(0)
+    model = MADE(rows.shape[1], hidden_sizes, num_masks=ENSEMBLE_MASKS, ordering="agnostic",
+                 direct_connection=settings.direct_connection).to(device)  # fmt: skip
+    device_rows = as_tensor(rows, device, torch.float32)
+    warmup_rows = device_rows[:EVAL_BATCH_SIZE]
+    evaluate_nll(model, warmup_rows, n_masks=ENSEMBLE_MASKS)  # builds the 32 cached masks
+    dense_matmuls(model, warmup_rows, 1, EVAL_BATCH_SIZE)
+
+    nlls: list[float] = []
+
+    def run_ensemble() -> None:
+        nlls.append(evaluate_nll(model, device_rows, n_masks=ENSEMBLE_MASKS, batch_size=EVAL_BATCH_SIZE).mean)
+
+    def run_dense() -> None:
+        dense_matmuls(model, device_rows, ENSEMBLE_MASKS, EVAL_BATCH_SIZE)
+
+    timings: dict[Callable[[], None], list[Timing]] = {run_ensemble: [], run_dense: []}
+    for round_index in range(settings.evaluation_rounds):
+        for run in (run_ensemble, run_dense) if round_index % 2 == 0 else (run_dense, run_ensemble):
+            timings[run].append(timed(run, device))
+    ensemble_time = statistics.median(timing.wall_seconds for timing in timings[run_ensemble])
+    dense_time = statistics.median(timing.wall_seconds for timing in timings[run_dense])
+    ensemble_cpu = statistics.median(timing.cpu_seconds for timing in timings[run_ensemble])
+    dense_cpu = statistics.median(timing.cpu_seconds for timing in timings[run_dense])
+    gflop = matmul_flop(model, len(device_rows), ENSEMBLE_MASKS) / 1e9
+    return EvaluationResult(
+        hidden_sizes=hidden_sizes,
+        n_masks=ENSEMBLE_MASKS,
+        rows=len(device_rows),
+        examples_per_second=len(device_rows) / ensemble_time,
+        ensemble_gflops_per_second=gflop / ensemble_time,
+        dense_gflops_per_second=gflop / dense_time,
+        fraction_of_dense=dense_time / ensemble_time,
+        fraction_of_dense_by_cpu_time=dense_cpu / ensemble_cpu if device.type == "cpu" else None,
+        matmul_gflop=gflop,
+        nll=nlls[-1],
+    )
+
+
+# -- data and the whole run -------------------------------------------------------------
+def load_bench_data(settings: BenchSettings) -> BenchData:
+    """Binarized MNIST (train rows for training, the test split for evaluation) when its file is
+    in the data directory and ``settings.data`` is "auto"; otherwise random 0/1 rows of MNIST shape."""
+    reason = "--data random"
+    if settings.data == "auto":
+        try:
+            mnist = load_dataset("mnist", download=False, progress=False)
+        except DatasetError:
+            reason = f"no binarized_mnist.npz in {resolve_data_dir()}"
+        else:
+            return BenchData(
+                training_rows=mnist.train[: settings.training_rows],
+                evaluation_rows=mnist.test[: settings.evaluation_rows],
+                description=f"binarized MNIST from {resolve_data_dir()} (train split for training, test split for evaluation)",
+            )
+    generator = np.random.default_rng(0)
+    draw = lambda count: (generator.random((count, INPUT_DIM)) < RANDOM_PIXEL_PROBABILITY).astype(np.float32)  # noqa: E731
+    return BenchData(
+        training_rows=draw(settings.training_rows),
+        evaluation_rows=draw(settings.evaluation_rows),
+        description=f"random 0/1 rows of MNIST shape, p = {RANDOM_PIXEL_PROBABILITY} ({reason})",
+    )
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes), or None where the OS does not say."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, object]:
+    return {
+        "torch": str(torch.__version__),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_start": load_average(),
+        "python": platform.python_version(),
+    }
+
+
+def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda line: None) -> BenchReport:
+    """Measure both sections; ``log`` receives a line as each result arrives."""
+    device = resolve_device(settings.device)
+    data = load_bench_data(settings)
+    report = BenchReport(environment=environment(device), settings=asdict(settings), data=data.description, optimizer="")
+    for hidden_sizes in HIDDEN_CONFIGS:
+        for num_masks in TRAINING_MASK_COUNTS:
+            result, report.optimizer = benchmark_training(hidden_sizes, num_masks, data.training_rows, settings)
+            report.training.append(result)
+            log(f"  training {layer_label(hidden_sizes)}, {num_masks} mask(s): MADE/MLP {result.ratio:.3f}")
+    for hidden_sizes in HIDDEN_CONFIGS:
+        evaluation = benchmark_evaluation(hidden_sizes, data.evaluation_rows, settings)
+        report.evaluation.append(evaluation)
+        log(f"  evaluation {layer_label(hidden_sizes)}: {evaluation.fraction_of_dense:.3f} of dense")
+    report.environment["load_average_end"] = load_average()
+    return report
+
+
+# -- the table ------------------------------------------------------------------------
+def layer_label(hidden_sizes: Sequence[int]) -> str:
+    sizes = set(hidden_sizes)
+    return f"{len(hidden_sizes)}x{hidden_sizes[0]}" if len(sizes) == 1 else "-".join(map(str, hidden_sizes))
+
+
+def _number(value: object) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _range(quartile_pair: tuple[float, float] | None) -> str:
+    return "" if quartile_pair is None else f"({quartile_pair[0]:.3f}-{quartile_pair[1]:.3f})"
+
+
+def _oversubscription_note(env: dict[str, object]) -> list[str]:
+    """A warning when other processes already kept every CPU busy as the run started."""
+    load, cpus, threads = env.get("load_average_start"), env.get("cpu_count"), env.get("cpu_threads")
+    if not (isinstance(load, float) and isinstance(cpus, int) and load >= cpus):
+        return []
+    advice = (
+        "; with several torch threads every parallel region waits for a preempted thread, so\n"
+        "      these figures mostly measure contention: --threads 1 gives steadier ones"
+        if isinstance(threads, int) and threads > 1 else ""
+    )  # fmt: skip
+    return [f"note: the CPUs were oversubscribed (load {load:.1f} on {cpus} CPUs){advice}"]
+
+
+def format_report(report: BenchReport) -> str:
+    """The human-readable tables of both sections."""
+    env, s = report.environment, report.settings
+    direct = "on" if s["direct_connection"] else "off"
+    lines = [
+        f"made_core benchmark{' (--quick)' if s['quick'] else ''}: torch {env['torch']}, device {env['device']} "
+        f"({env['device_name']}, {env['cpu_threads']} torch threads on {env['cpu_count']} CPUs)",
+        f"load average (1 min) at start / end: {_number(env.get('load_average_start'))} / "
+        f"{_number(env.get('load_average_end'))}",
+        f"data: {report.data}",
+        *_oversubscription_note(env),
+        "",
+        f"1. Training throughput, MADE vs unmasked MLP of the same shape (D={INPUT_DIM}, batch {BATCH_SIZE}, "
+        f"{report.optimizer}, BCE-with-logits summed over dims / batch, direct connection {direct})",
+        f"   {s['training_rounds']} interleaved rounds of {s['steps_per_block']} steps per model after "
+        f"{s['warmup_steps']} warm-up steps; ex/s are medians over rounds;",
+        "   MADE/MLP is the median of per-round ratios of adjacent blocks, with its interquartile range;",
+        "   the verdict compares it with the target. 'by CPU time' is the same ratio from process CPU",
+        "   seconds per example, which preemption by other processes disturbs less.",
+        "   K masks are cycled one per minibatch, as in Trainer.",
+        "",
+        f"   {'hidden':<8} {'masks':>5} {'MADE ex/s':>11} {'MLP ex/s':>11} {'MADE/MLP':>9}  {'(IQR)':<15} "
+        f"{'by CPU time':>11}  {'(IQR)':<15} {'target':>6}  verdict",
+    ]
+    for row in report.training:
+        lines.append(
+            f"   {layer_label(row.hidden_sizes):<8} {row.num_masks:>5} {row.made_examples_per_second:>11,.0f} "
+            f"{row.mlp_examples_per_second:>11,.0f} {row.ratio:>9.3f}  {_range(row.ratio_quartiles):<15} "
+            f"{_ratio(row.cpu_time_ratio):>11}  {_range(row.cpu_time_ratio_quartiles):<15} "
+            f"{report.target_ratio:>6.2f}  {row.verdict}"
+        )
+    first = report.evaluation[0] if report.evaluation else None
+    lines += [
+        "",
+        f"2. {ENSEMBLE_MASKS}-mask ensemble evaluation: evaluate_nll(model, rows, n_masks={ENSEMBLE_MASKS}), "
+        f"batch {EVAL_BATCH_SIZE}, {first.rows if first else 0} rows, untrained agnostic-order MADE, direct connection {direct}",
+        f"   dense reference: the same torch matmuls ({ENSEMBLE_MASKS} masks x every layer's rows x fan_in @ fan_in x fan_out, "
+        f"in batches of {EVAL_BATCH_SIZE}) with nothing else;",
+        f"   GFLOP/s count matmul FLOPs only; medians of {s['evaluation_rounds']} interleaved rounds;",
+        "   fraction of dense = ensemble GFLOP/s / dense GFLOP/s (wall clock), and the same by process CPU time.",
+        "",
+        f"   {'hidden':<8} {'GFLOP':>7} {'examples/s':>11} {'ensemble GFLOP/s':>17} {'dense GFLOP/s':>14} "
+        f"{'fraction of dense':>18} {'by CPU time':>12}",
+    ]
+    for row in report.evaluation:
+        lines.append(
+            f"   {layer_label(row.hidden_sizes):<8} {row.matmul_gflop:>7.1f} {row.examples_per_second:>11,.0f} "
+            f"{row.ensemble_gflops_per_second:>17.1f} {row.dense_gflops_per_second:>14.1f} {row.fraction_of_dense:>18.3f} "
+            f"{_ratio(row.fraction_of_dense_by_cpu_time):>12}"
+        )
+    return "\n".join(lines)
+
+
+# -- command line ------------------------------------------------------------------------
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m made_core.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a reduced run: few steps, one evaluation round on 200 rows")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved training rounds per configuration (default 15; 3 with --quick)")
+    parser.add_argument("--eval-repeats", type=int, default=None, help="interleaved evaluation rounds per model (default 2; 1 with --quick)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--direct-connection", action=argparse.BooleanOptionalAction, default=False,
+                        help="benchmark models with the direct input->output layer (default off)")  # fmt: skip
+    parser.add_argument("--data", choices=("auto", "random"), default="auto",
+                        help="auto: binarized MNIST from $MADE_DATA_DIR (or the cache dir) when present, else random rows")  # fmt: skip
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    for name in ("repeats", "eval_repeats", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    overrides: dict[str, object] = {"device": args.device, "direct_connection": args.direct_connection, "data": args.data}
+    if args.repeats is not None:
+        overrides["training_rounds"] = args.repeats
+    if args.eval_repeats is not None:
+        overrides["evaluation_rounds"] = args.eval_repeats
+    settings = BenchSettings.quick_run(**overrides) if args.quick else BenchSettings.full(**overrides)
+    threads_before = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        report = run_benchmark(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    finally:
+        torch.set_num_threads(threads_before)  # main() may run inside a test process
+    print(format_report(report), flush=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
