@@ -36,7 +36,7 @@ from results.paper import canonical_dataset
 logger = logging.getLogger("results")
 
 # trials.csv columns read as numbers; unparsable cells become NaN rather than strings.
-_NUMERIC_TRIAL_COLUMNS = ("epochs", "best_valid_nll", "final_train_nll", "wall_seconds", "num_failures")
+_NUMERIC_TRIAL_COLUMNS = ("trial_number", "epochs", "best_valid_nll", "final_train_nll", "wall_seconds", "num_failures")
 _REQUIRED_CURVE_COLUMNS = ("trial_id", "epoch", "valid_nll")
 _REQUIRED_BEST_KEYS = ("trial_id", "config", "valid_nll", "test_nll")
 # Ray Tune prefixes config columns this way in its own tables; accept either spelling.

@@ -4,8 +4,8 @@
   the best trial highlighted, the paper's MADE (fixed masks) as a dashed line and its MADE
   mask sampling as a dash-dotted line when known.
 - ``<experiment>_best_so_far.png``: each trial's best validation NLL in trial order and the
-  running minimum. Trial order is trial_id order: Ray Tune numbers trials in creation
-  order (``..._00000``, ``..._00001``, ...), and trials.csv carries no start time.
+  running minimum, in the order the search created the trials (trials.csv's
+  ``trial_number``; Ray's trial ids are random).
 - ``<dataset>_nll_vs_masks.png``: validation (and, where evaluated, test) NLL against the
   number of training masks, one line per ordering; the analogue of the paper's Figure 2.
   "Mask sampling" (num_masks = 0, a fresh mask every minibatch) is drawn right of the
@@ -111,8 +111,8 @@ def plot_best_so_far(
     true_nll: float | None = None,
     paper_mask_sampling_nll: float | None = None,
 ) -> Path:
-    """Each trial's best validation NLL in trial_id order, with the running minimum."""
-    ordered = trials.sort_values("trial_id", kind="stable")
+    """Each trial's best validation NLL in the order the search created the trials, with the running minimum."""
+    ordered = trials.sort_values("trial_number", kind="stable")
     values = pd.to_numeric(ordered["best_valid_nll"], errors="coerce").to_numpy(dtype=float)
     number = np.arange(1, len(values) + 1)
     running = np.fmin.accumulate(np.where(np.isfinite(values), values, np.inf)) if len(values) else values
@@ -122,7 +122,7 @@ def plot_best_so_far(
     axes.step(number, running, where="post", color="tab:blue", linewidth=2.0, label="best so far")
     _reference_lines(axes, paper_nll, true_nll, paper_mask_sampling_nll)
     _robust_ylim(axes, values, [paper_nll, true_nll, paper_mask_sampling_nll])
-    axes.set_xlabel("trial number (trial_id order)")
+    axes.set_xlabel("trial number")
     axes.set_ylabel("validation NLL (nats)")
     axes.set_title(title)
     axes.legend(loc="upper right", fontsize="small")

@@ -44,6 +44,7 @@ EXPERIMENT_KEYS = (
 
 TRIAL_COLUMNS = (
     "trial_id",
+    "trial_number",  # 1, 2, ... in the order the search created the trials (Ray ids are random)
     "status",  # TERMINATED | ERROR | ... as Ray reports it
     "epochs",  # epochs trained
     "best_valid_nll",  # nats per example, the minimum over epochs

@@ -88,7 +88,7 @@ def read_trials(experiment_path: str | Path) -> list[TrialRecord]:
                 checkpoint=checkpoint,
             )
         )
-    return sorted(records, key=lambda record: record.trial_id)
+    return records  # in creation order: Ray keeps its trials in the order the searcher made them
 
 
 def _canonical_order(config: dict[str, Any]) -> dict[str, Any]:
@@ -103,11 +103,12 @@ def hyperparameter_columns(records: list[TrialRecord]) -> list[str]:
 def trials_table(records: list[TrialRecord]) -> pd.DataFrame:
     columns = [*schema.TRIAL_COLUMNS, *hyperparameter_columns(records)]
     rows = []
-    for record in records:
+    for number, record in enumerate(records, start=1):
         result = record.last_result
         rows.append(
             {
                 "trial_id": record.trial_id,
+                "trial_number": number,
                 "status": record.status,
                 "epochs": result.get("epoch", 0),
                 "best_valid_nll": record.best_valid_nll,

@@ -80,9 +80,9 @@ def write_experiment(
     with open(folder / schema.TRIALS_FILE, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([*schema.TRIAL_COLUMNS, *hyperparameters])
-        for trial_id, valid, cfg in trials:
+        for number, (trial_id, valid, cfg) in enumerate(trials, start=1):
             writer.writerow(
-                [trial_id, "TERMINATED", epochs, valid, valid + 1.0, 12.5, "10.0.0.1", 0]
+                [trial_id, number, "TERMINATED", epochs, valid, valid + 1.0, 12.5, "10.0.0.1", 0]
                 + [cfg.get(h, "") for h in hyperparameters]
             )
     with open(folder / schema.CURVES_FILE, "w", newline="") as handle:

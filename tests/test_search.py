@@ -64,6 +64,7 @@ def test_sweep_writes_results_and_study(tmp_path, ray_env):
     experiment = tmp_path / "runs" / "tiny"
     trials = pd.read_csv(experiment / schema.TRIALS_FILE)
     assert len(trials) == 4 and trials["trial_id"].is_unique
+    assert list(trials["trial_number"]) == [1, 2, 3, 4]  # creation order: the start point is trial 1
     assert list(trials.columns[: len(schema.TRIAL_COLUMNS)]) == list(schema.TRIAL_COLUMNS)
     assert set(HYPERPARAMETERS) <= set(trials.columns)
     assert (trials["status"] == "TERMINATED").all() and trials["best_valid_nll"].map(math.isfinite).all()
