@@ -271,6 +271,7 @@ def check_cluster(plan: Any, shared_storage: bool) -> int:
 # -- the sweep --------------------------------------------------------------------------
 def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: float, data: Any) -> dict[str, Any]:
     wall = float(previous.get("wall_seconds", 0.0)) + (time.monotonic() - started)
+    this_command = shlex.join([sys.executable, "-m", "search.run", *sys.argv[1:]])
     info = {
         "experiment": plan.name,
         "dataset": plan.dataset,
@@ -283,7 +284,9 @@ def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: 
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds") if status != "running" else None,
         "wall_seconds": round(wall, 1),
         "num_trials": previous.get("num_trials", 0),
-        "command": shlex.join([sys.executable, "-m", "search.run", *sys.argv[1:]]),
+        # The command that started the sweep; later --resume commands are listed after it.
+        "command": previous.get("command") or this_command,
+        "resume_commands": [*previous.get("resume_commands", []), this_command] if previous else [],
         "optuna_storage": plan.optuna_storage,
         "resumes": int(previous.get("resumes", -1)) + 1,
     }

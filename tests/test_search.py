@@ -159,6 +159,7 @@ def test_resume_after_driver_killed_loses_nothing(tmp_path, ray_env):
     assert len(complete) >= 6
     info = json.loads((experiment / schema.EXPERIMENT_FILE).read_text())
     assert info["status"] == "finished" and info["resumes"] == 1 and info["num_trials"] == 6
+    assert "--resume" not in info["command"] and "--resume" in info["resume_commands"][0]
     assert json.loads((experiment / schema.BEST_FILE).read_text())["trial_id"] in set(trials["trial_id"])
 
 
