@@ -6,9 +6,7 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,11 +15,11 @@ import optuna
 import pandas as pd
 import pytest
 
+from driver_processes import ROOT, finish, kill_group, start_driver
 from results import schema
 from search.run import UsageError, main, parse_duration
 from spaces import HYPERPARAMETERS
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -34,25 +32,8 @@ def ray_env():
 
 
 def start_sweep(tmp_path: Path, env: dict, *extra: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "search.run", "--storage", str(tmp_path / "runs"), "--tables-dir", str(tmp_path / "tables"),
-            "--figures-dir", str(tmp_path / "figures"), "--num-cpus", "2", *extra]  # fmt: skip
-    # Own session: the driver and the Ray processes it starts form one group we can kill by id.
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def finish(process: subprocess.Popen, timeout: float = 300) -> str:
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    finally:
-        kill_group(process)
-    return output
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    return start_driver(["--storage", str(tmp_path / "runs"), "--tables-dir", str(tmp_path / "tables"),
+                         "--figures-dir", str(tmp_path / "figures"), "--num-cpus", "2", *extra], env)  # fmt: skip
 
 
 @pytest.mark.slow

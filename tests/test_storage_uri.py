@@ -15,7 +15,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from driver_processes import ROOT, finish, kill_group, start_driver
 from results import schema
 from results.aggregate import aggregate
 from results.experiments import fetch_uri_storage, is_uri
@@ -42,7 +42,6 @@ from search.storage import (
     staging_storage,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "made-test"
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -96,10 +95,7 @@ def moto_port():
         admin.create_dir(BUCKET)
         yield port
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(process)
         process.wait()
         log.close()
 
@@ -238,18 +234,9 @@ def sweep_env(tmp_path):
 
 
 def run_driver(tmp_path: Path, env: dict, *argv: str, timeout: float = 400) -> tuple[int, str]:
-    command = [sys.executable, "-m", "search.run", "--tables-dir", str(tmp_path / "tables"),
-               "--figures-dir", str(tmp_path / "figures"), "--num-cpus", "2", *argv]  # fmt: skip
-    # Own session: the driver and the Ray processes it starts form one group we kill by id.
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
+    process = start_driver(["--tables-dir", str(tmp_path / "tables"), "--figures-dir", str(tmp_path / "figures"),
+                            "--num-cpus", "2", *argv], env)  # fmt: skip
+    output = finish(process, timeout)
     return process.returncode, output
 
 

@@ -1,0 +1,40 @@
+"""Running the CLI (and servers) as subprocesses in their own process group, killed by id.
+
+A driver started with ``start_new_session`` leads a process group that also holds the
+local Ray processes it starts, so killing the group by its id ends all of them and
+nothing else on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_driver(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """``python -m search.run <argv>`` in the repository root, in its own session, output as text."""
+    command = [sys.executable, "-m", "search.run", *argv]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the process's whole group (no-op when it is already gone)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    """Wait for the driver's output, then kill whatever of its group is left; returns the output."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        kill_group(process)
+        process.wait()
+    return output
