@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -91,15 +92,9 @@ def plot_curves(
         best = curves[curves["trial_id"].astype(str) == best_trial_id].sort_values("epoch")
         if not best.empty:
             axes.plot(best["epoch"], best["valid_nll"], color="tab:red", linewidth=2.0, label=f"best trial {best_trial_id}")
-    _reference_lines(axes, paper_nll, true_nll, paper_mask_sampling_nll)
-    _robust_ylim(axes, curves["valid_nll"].to_numpy(dtype=float), [paper_nll, true_nll, paper_mask_sampling_nll])
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("validation NLL (nats)")
-    axes.set_title(f"{title}: {curves['trial_id'].nunique()} trials")
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(loc="upper right", fontsize="small")
-    axes.grid(alpha=0.3)
-    return save_figure(figure, path)
+    references = (paper_nll, true_nll, paper_mask_sampling_nll)
+    title = f"{title}: {curves['trial_id'].nunique()} trials"
+    return _finish_validation_figure(figure, axes, path, curves["valid_nll"].to_numpy(dtype=float), references, "epoch", title)
 
 
 def plot_best_so_far(
@@ -120,12 +115,21 @@ def plot_best_so_far(
     figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.scatter(number, values, s=14, color="tab:gray", alpha=0.6, label="trial's best valid NLL")
     axes.step(number, running, where="post", color="tab:blue", linewidth=2.0, label="best so far")
-    _reference_lines(axes, paper_nll, true_nll, paper_mask_sampling_nll)
-    _robust_ylim(axes, values, [paper_nll, true_nll, paper_mask_sampling_nll])
-    axes.set_xlabel("trial number")
+    references = (paper_nll, true_nll, paper_mask_sampling_nll)
+    return _finish_validation_figure(figure, axes, path, values, references, "trial number", title)
+
+
+def _finish_validation_figure(
+    figure: Any, axes: Any, path: Path, values: np.ndarray, references: tuple[float | None, ...], xlabel: str, title: str
+) -> Path:
+    """What every validation-NLL figure shares: reference lines, y range, labels, legend, grid, atomic save."""
+    _reference_lines(axes, *references)
+    _robust_ylim(axes, values, list(references))
+    axes.set_xlabel(xlabel)
     axes.set_ylabel("validation NLL (nats)")
     axes.set_title(title)
-    axes.legend(loc="upper right", fontsize="small")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="upper right", fontsize="small")
     axes.grid(alpha=0.3)
     return save_figure(figure, path)
 
