@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import statistics
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from made_core.allocator import keep_freed_memory
 from made_core.data import DatasetError, load_dataset, resolve_data_dir
 from made_core.evaluate import as_tensor, evaluate_nll
 from made_core.model import ACTIVATIONS, MADE
@@ -411,6 +411,8 @@ def environment(device: torch.device) -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "load_average_start": load_average(),
         "python": platform.python_version(),
+        # Applied here, before either model runs, as Trainer does: both models train under it.
+        "malloc_tuned": keep_freed_memory(),
     }
 
 
@@ -473,6 +475,8 @@ def format_report(report: BenchReport) -> str:
         f"load average (1 min) at start / end: {_number(env.get('load_average_start'))} / "
         f"{_number(env.get('load_average_end'))}",
         f"data: {report.data}",
+        "allocator: " + ("glibc malloc keeps freed memory (made_core.allocator, as in Trainer)" if env.get("malloc_tuned")
+                         else "the platform's default settings"),
         *_oversubscription_note(env),
         "",
         f"1. Training throughput, MADE vs unmasked MLP of the same shape (D={INPUT_DIM}, batch {BATCH_SIZE}, "
