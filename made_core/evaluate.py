@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from made_core.model import MADE
+from made_core.model import MADE, ensemble_log_prob
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,23 @@ def as_tensor(data: np.ndarray | torch.Tensor, device: torch.device | str, dtype
 
 @torch.no_grad()
 def example_log_probs(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 1, batch_size: int = 1000) -> torch.Tensor:
-    """(N,) float64 log p(x) per row (nats), the ensemble over ``n_masks`` masks."""
+    """(N,) float64 log p(x) per row (nats), the ensemble over ``n_masks`` masks.
+
+    Masks are the outer loop: each mask's masked weights are computed once and reused for
+    every batch, instead of once per (batch, mask).
+    """
     was_training = model.training
     model.eval()
     weight = model.output_layer.weight
     rows = as_tensor(data, weight.device, weight.dtype)
-    pieces = [model.log_prob(rows[start : start + batch_size], n_masks=n_masks) for start in range(0, len(rows), batch_size)]
+    mask_indices = model.ensemble_indices(n_masks)
+    per_mask = torch.empty(len(mask_indices), len(rows), device=weight.device, dtype=weight.dtype)
+    for row, mask_index in enumerate(mask_indices):
+        weights = model.masked_weights(mask_index)
+        for start in range(0, len(rows), batch_size):
+            per_mask[row, start : start + batch_size] = model.log_prob_with(rows[start : start + batch_size], weights)
     model.train(was_training)
-    return torch.cat(pieces).double().cpu()
+    return ensemble_log_prob(per_mask).double().cpu()
 
 
 def evaluate_nll(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 1, batch_size: int = 1000) -> NLL:

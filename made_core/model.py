@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +25,21 @@ _SAMPLED_MASK_CACHE_SIZE = 64
 # Mask indices for conditionals live far from training indices so they never collide.
 _CONDITIONAL_MASK_OFFSET = 1 << 40
 MODEL_FILE = "model.pt"
+
+
+def ensemble_log_prob(per_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) log of the mean probability over masks, from (K, B) per-mask log p_k(x):
+    logsumexp_k log p_k(x) - log K. Probabilities are averaged, never logits."""
+    return torch.logsumexp(per_mask, dim=0) - math.log(per_mask.shape[0])
+
+
+@dataclass(frozen=True)
+class MaskedWeights:
+    """Every layer's weight times its mask under one connectivity; shapes as in ``MaskSet``."""
+
+    hidden: tuple[torch.Tensor, ...]
+    output: torch.Tensor
+    direct: torch.Tensor | None
 
 
 class MADE(nn.Module):
@@ -114,19 +130,29 @@ class MADE(nn.Module):
         return range(n_masks)
 
     # -- the network ------------------------------------------------------------------
-    def _logits_under(self, x: torch.Tensor, masks: MaskSet) -> torch.Tensor:
+    def _mask_weights(self, masks: MaskSet) -> MaskedWeights:
+        direct = None if self.direct_layer is None else self.direct_layer.weight * masks.direct
+        hidden = tuple(layer.weight * mask for layer, mask in zip(self.hidden_layers, masks.hidden))
+        return MaskedWeights(hidden, self.output_layer.weight * masks.output, direct)
+
+    def masked_weights(self, mask_index: int) -> MaskedWeights:
+        """The weights times the masks of ``mask_index``; reuse them across batches of one mask."""
+        return self._mask_weights(self.masks(mask_index))
+
+    def logits_with(self, x: torch.Tensor, weights: MaskedWeights) -> torch.Tensor:
+        """(B, D) logits computed with already-masked ``weights`` (see ``masked_weights``)."""
         act = ACTIVATIONS[self.activation]
         hidden = x
-        for layer, mask in zip(self.hidden_layers, masks.hidden):
-            hidden = act(F.linear(hidden, layer.weight * mask, layer.bias))
-        logits = F.linear(hidden, self.output_layer.weight * masks.output, self.output_layer.bias)
-        if self.direct_layer is not None:
-            logits = logits + F.linear(x, self.direct_layer.weight * masks.direct)
+        for layer, weight in zip(self.hidden_layers, weights.hidden):
+            hidden = act(F.linear(hidden, weight, layer.bias))
+        logits = F.linear(hidden, weights.output, self.output_layer.bias)
+        if weights.direct is not None:
+            logits = logits + F.linear(x, weights.direct)
         return logits
 
     def logits(self, x: torch.Tensor, mask_index: int | None = None) -> torch.Tensor:
         """(B, D) logits of p(x_d = 1 | x_<d) under mask ``mask_index`` (default 0)."""
-        return self._logits_under(x, self.masks(0 if mask_index is None else mask_index))
+        return self.logits_with(x, self.masked_weights(0 if mask_index is None else mask_index))
 
     def forward(self, x: torch.Tensor, mask_index: int | None = None) -> torch.Tensor:
         return self.logits(x, mask_index)
@@ -136,9 +162,13 @@ class MADE(nn.Module):
         """Per-dimension log p(x_d | x_<d): (B, D). -BCE-with-logits, stable for any logit."""
         return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
 
+    def log_prob_with(self, x: torch.Tensor, weights: MaskedWeights) -> torch.Tensor:
+        """(B,) log p_k(x) in nats under the single connectivity whose masked ``weights`` are given."""
+        return self._log_likelihoods(self.logits_with(x, weights), x).sum(dim=1)
+
     def mask_log_prob(self, x: torch.Tensor, mask_index: int) -> torch.Tensor:
         """(B,) log p_k(x) in nats under the single mask ``mask_index``."""
-        return self._log_likelihoods(self.logits(x, mask_index), x).sum(dim=1)
+        return self.log_prob_with(x, self.masked_weights(mask_index))
 
     def log_prob(self, x: torch.Tensor, n_masks: int = 1) -> torch.Tensor:
         """(B,) log p(x) in nats; with n_masks = K > 1 the ensemble over masks 0..K-1.
@@ -147,15 +177,15 @@ class MADE(nn.Module):
         log p(x) = logsumexp_k log p_k(x) - log K.
         """
         per_mask = torch.stack([self.mask_log_prob(x, k) for k in self.ensemble_indices(n_masks)])
-        return torch.logsumexp(per_mask, dim=0) - math.log(per_mask.shape[0])
+        return ensemble_log_prob(per_mask)
 
     @torch.no_grad()
     def sample(self, n: int, mask_index: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, D) binary samples drawn dimension by dimension in the mask's ordering."""
-        masks = self.masks(mask_index)
+        order, weights = self.masks(mask_index).order, self.masked_weights(mask_index)
         x = torch.zeros(n, self.input_dim, device=self.device, dtype=self.output_layer.weight.dtype)
-        for dim in masks.order.tolist():
-            probability = torch.sigmoid(self._logits_under(x, masks)[:, dim])
+        for dim in order.tolist():
+            probability = torch.sigmoid(self.logits_with(x, weights)[:, dim])
             x[:, dim] = torch.bernoulli(probability, generator=generator)
         return x
 
@@ -188,10 +218,9 @@ class MADE(nn.Module):
             )
             weight = self.output_layer.weight
             masks = build_masks(order, self.hidden_sizes, generator, self.direct_connection).to(weight.device, weight.dtype)
-            log_likelihoods = self._log_likelihoods(self._logits_under(x, masks), x)
+            log_likelihoods = self._log_likelihoods(self.logits_with(x, self._mask_weights(masks)), x)
             per_mask.append(log_likelihoods[:, missing.to(self.device)].sum(dim=1))
-        stacked = torch.stack(per_mask)
-        return torch.logsumexp(stacked, dim=0) - math.log(n_masks)
+        return ensemble_log_prob(torch.stack(per_mask))
 
     def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
         # Cached masks live on the old device after .to()/.cuda(); rebuild lazily.
