@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,10 +47,14 @@ def test_learns_synthetic_distribution_close_to_true_nll():
     assert -np.mean(truth) == pytest.approx(true_nll, abs=1e-9)
 
 
-@pytest.mark.parametrize("num_masks,ordering", [(1, "natural"), (3, "agnostic"), (0, "agnostic")])
-def test_checkpoint_resume_is_exact(tmp_path, tiny, num_masks, ordering):
+@pytest.mark.parametrize(
+    "num_masks,ordering,optimizer",
+    [(1, "natural", "adam"), (3, "agnostic", "adam"), (0, "agnostic", "adam"), (3, "agnostic", "adagrad")],
+)
+def test_checkpoint_resume_is_exact(tmp_path, tiny, num_masks, ordering, optimizer):
+    # Adam and Adagrad run their fused kernels on the CPU, whose state must round-trip too.
     config = small_config(num_masks=num_masks, ordering=ordering, valid_masks=2 if num_masks != 1 else None,
-                          optimizer="adam", max_epochs=6)  # fmt: skip
+                          optimizer=optimizer, max_epochs=6)  # fmt: skip
     uninterrupted = Trainer(config, tiny.train, tiny.valid)
     reference = [uninterrupted.run_epoch() for _ in range(5)]
 
@@ -160,3 +168,14 @@ def test_cuda_request_without_cuda_falls_back_to_cpu(tiny, monkeypatch):
         trainer = Trainer(small_config(device="cuda", max_epochs=1), tiny.train, tiny.valid)
     assert trainer.device.type == "cpu" and trainer.model.masks(0).output.device.type == "cpu"
     assert Trainer(small_config(device="auto", max_epochs=1), tiny.train, tiny.valid).device.type == "cpu"
+
+
+def test_cli_module_runs_without_runpy_warning():
+    # made_core/__init__ must not import made_core.train eagerly, or `python -m made_core.train`
+    # starts with runpy's "found in sys.modules" RuntimeWarning.
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "PYTHONPATH": str(root), "PYTHONWARNINGS": "error::RuntimeWarning"}
+    completed = subprocess.run([sys.executable, "-m", "made_core.train", "--help"], env=environment,
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert "Warning" not in completed.stderr, completed.stderr
