@@ -40,6 +40,8 @@ The same structure in a Python dict (``SPACE = {...}`` in a ``.py`` file), YAML
       mnist:
         params: {hidden_units: {choice: [500, 1000, 2000]}}
         fixed: {batch_size: 100}
+        start:                   # optional: this dataset's start points, in place of the base list
+          - {hidden_units: 2000, num_masks: 1}
 
 Rules:
 
@@ -58,7 +60,9 @@ Rules:
   parameters it names (a parameter may move between ``params`` and ``fixed``).
   Dataset names are matched exactly; other names get the base space.
 - ``start`` values must lie in their searched parameter's domain; where a dataset
-  override no longer admits a value, that value is left to the sampler.
+  override no longer admits a value, that value is left to the sampler. A dataset
+  override's own ``start`` list replaces the base list for that dataset and must lie
+  in that dataset's domains.
 - In YAML, ``1e-3`` is read as a number (as in YAML 1.2 and JSON).
 
 Errors are ``SpaceError`` (a ``ValueError``) with the space name and the dotted

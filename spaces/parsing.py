@@ -19,7 +19,7 @@ from spaces.errors import SpaceError
 from spaces.parameters import HYPERPARAMETERS, PARAMETERS
 
 SPACE_KEYS = ("name", "description", "params", "fixed", "datasets", "start")
-OVERRIDE_KEYS = ("params", "fixed")
+OVERRIDE_KEYS = ("params", "fixed", "start")
 DOMAIN_KEYS = ("int", "float", "choice")
 OPTION_KEYS = ("step", "log", "when", "otherwise")
 
@@ -34,6 +34,8 @@ class DatasetOverride:
 
     params: dict[str, SearchedParameter]
     fixed: dict[str, Any]
+    start: tuple[dict[str, Any], ...] | None = None
+    """This dataset's start points, in place of the base space's; None keeps the base's."""
 
 
 def space_error(space: str, path: str, problem: str) -> SpaceError:
@@ -114,6 +116,7 @@ def parse_overrides(space: str, path: str, raw: Any) -> dict[str, DatasetOverrid
         overrides[dataset] = DatasetOverride(
             params=parse_params(space, f"{where}.params", override.get("params", {})),
             fixed=parse_fixed(space, f"{where}.fixed", override.get("fixed", {})),
+            start=parse_start(space, f"{where}.start", override["start"]) if "start" in override else None,
         )
     return overrides
 

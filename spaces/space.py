@@ -128,21 +128,30 @@ class SearchSpace:
             layouts[dataset] = Layout(searched, fixed, _evaluation_order(self.name, path, searched))
         self._layouts.clear()
         self._layouts.update(layouts)
-        base = layouts[None]
-        for index, point in enumerate(self.start):
+        self._check_start(self.start, layouts[None], "start")
+        for dataset, override in self.dataset_overrides.items():
+            if override.start is not None:
+                self._check_start(override.start, layouts[dataset], f"datasets.{dataset}.start")
+
+    def _check_start(self, points: tuple[dict[str, Any], ...], layout: Layout, path: str) -> None:
+        for index, point in enumerate(points):
             for name, value in point.items():
-                where = f"start[{index}].{name}"
-                if name not in base.searched:
+                where = f"{path}[{index}].{name}"
+                if name not in layout.searched:
                     raise space_error(self.name, where, "is not a searched parameter of the space")
-                if not base.searched[name].domain.contains(value):
+                if not layout.searched[name].domain.contains(value):
                     raise space_error(self.name, where, f"{value!r} is outside the parameter's domain")
 
     def start_points(self, dataset: str | None = None) -> list[dict[str, Any]]:
-        """The ``start`` configurations for ``dataset``'s study.
+        """The ``start`` configurations for ``dataset``'s study: the dataset override's own
+        ``start`` list when it has one, else the base space's.
 
-        A value a dataset override no longer admits (or a parameter it fixes) is left to
-        the sampler, so every point is valid in that study.
+        A base value a dataset override no longer admits (or a parameter it fixes) is left
+        to the sampler, so every point is valid in that study.
         """
+        override = self.dataset_overrides.get(dataset) if dataset is not None else None
+        if override is not None and override.start is not None:
+            return [dict(point) for point in override.start if point]
         searched = self.layout(dataset).searched
         points = [
             {name: value for name, value in point.items() if name in searched and searched[name].domain.contains(value)}
@@ -205,10 +214,12 @@ class SearchSpace:
         if self.start:
             data["start"] = [dict(point) for point in self.start]
         if self.dataset_overrides:
-            data["datasets"] = {
-                dataset: {"params": _params_data(override.params), "fixed": dict(override.fixed)}
-                for dataset, override in self.dataset_overrides.items()
-            }
+            data["datasets"] = {}
+            for dataset, override in self.dataset_overrides.items():
+                entry: dict[str, Any] = {"params": _params_data(override.params), "fixed": dict(override.fixed)}
+                if override.start is not None:
+                    entry["start"] = [dict(point) for point in override.start]
+                data["datasets"][dataset] = entry
         return data
 
     def _checked_layout(self, searched: dict[str, SearchedParameter], fixed: dict[str, Any], path: str) -> Layout:

@@ -139,8 +139,11 @@ def test_default_space_is_cpu_sized_and_mnist_drops_narrow_nets():
     dna, mnist = space.layout("dna"), space.layout("mnist")
     assert max(dna.searched["hidden_units"].domain.values) <= 1000
     assert min(mnist.searched["hidden_units"].domain.values) >= 500
-    assert max(mnist.searched["hidden_units"].domain.values) <= 1000
+    assert max(mnist.searched["hidden_units"].domain.values) <= 2000  # a 2 x 8000 net is GPU work
     assert dna.searched["hidden_layers"].domain.high <= 2
+    # MNIST starts from its own wide plain MADE; the UCI sets from the base points.
+    assert [point["hidden_units"] for point in space.start_points("mnist")] == [2000]
+    assert [point["hidden_units"] for point in space.start_points("dna")] == [500, 500]
     assert 0.0 in dna.searched["weight_decay"].domain.values  # no weight decay is possible
     assert space.distributions("mnist")["hidden_units"] != space.distributions("dna")["hidden_units"]
     assert space.layout("binarized_mnist") == mnist  # both names of MNIST
@@ -593,3 +596,20 @@ def test_start_points_are_validated_and_evaluated_first():
     assert good.start_points("other") == [{"num_masks": 8, "hidden_units": 200}]
     assert good.start_points("big") == [{"num_masks": 8}]  # the override no longer admits 200 units
     assert SearchSpace.from_data(good.to_data(), default_name="x").start == good.start
+
+
+def test_dataset_override_start_points_replace_the_base_list():
+    data = {"params": {"num_masks": {"choice": [1, 8]}, "hidden_units": {"choice": [100, 200]}},
+            "start": [{"num_masks": 8, "hidden_units": 200}],
+            "datasets": {"big": {"params": {"hidden_units": {"choice": [400, 800]}},
+                                 "start": [{"hidden_units": 800, "num_masks": 1}]}}}  # fmt: skip
+    space = SearchSpace.from_data(data, default_name="own")
+    assert space.start_points("big") == [{"hidden_units": 800, "num_masks": 1}]
+    assert space.start_points("small") == [{"num_masks": 8, "hidden_units": 200}]
+    assert SearchSpace.from_data(space.to_data(), default_name="x").start_points("big") == space.start_points("big")
+    # Checked against the dataset's own domains, with the dataset in the message.
+    bad = {**data, "datasets": {"big": {"params": {"hidden_units": {"choice": [400]}}, "start": [{"hidden_units": 200}]}}}
+    with pytest.raises(SpaceError, match=r"datasets\.big\.start\[0\]\.hidden_units: 200 is outside the parameter's domain"):
+        SearchSpace.from_data(bad, default_name="bad")
+    with pytest.raises(SpaceError, match=r"datasets\.big\.start: must be a list"):
+        SearchSpace.from_data({**data, "datasets": {"big": {"start": {"num_masks": 1}}}}, default_name="bad")
