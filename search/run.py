@@ -15,6 +15,7 @@ import re
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -301,7 +302,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     import ray
 
     from search.experiment import BEST_MODEL_FOLDER, evaluate_best, read_trials, write_json, write_trial_files
-    from search.storage import remove_stale_staging
+    from search.storage import STUDY_UPLOAD_SECONDS, PeriodicUpload, remove_stale_staging
     from search.tuner import ProgressPrinter, make_trainable, make_tuner, restore_tuner
 
     started = time.monotonic()
@@ -320,7 +321,8 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
                 print(f"note: fetched the Optuna study's last uploaded copy to {study_file}", flush=True)
             print(
                 f"note: the Optuna study is SQLite in the local staging folder ({study_file}), uploaded to "
-                f"{folder.remote(schema.STUDY_FILE)} at the end; on a cluster prefer --optuna-storage postgresql://...",
+                f"{folder.remote(schema.STUDY_FILE)} every {STUDY_UPLOAD_SECONDS // 60:.0f} minutes and at the end; on a cluster prefer "
+                f"--optuna-storage postgresql://...",
                 flush=True,
             )
     experiment_path.mkdir(parents=True, exist_ok=True)
@@ -341,8 +343,10 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         flush=True,
     )
     status = "finished"
+    study_upload = PeriodicUpload(folder, study_file, schema.STUDY_FILE) if study_file is not None else nullcontext()
     try:
-        tuner.fit()
+        with study_upload:
+            tuner.fit()
     except KeyboardInterrupt:
         status = "interrupted"
         print("interrupted: finished trials are kept; continue with --resume", file=sys.stderr, flush=True)

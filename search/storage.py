@@ -15,7 +15,8 @@ where it writes ``experiment.json``, ``trials.csv``, ``curves.csv``, ``best.json
   ``<uri>/<name>/`` (a folder: every file in it). One object per file: S3 and GCS make an
   object visible only once it is fully written, so readers never see half a file.
   SQLite cannot live on an object store, so the default Optuna study stays in the
-  staging folder and a consistent copy is uploaded as ``<uri>/<name>/study.db``.
+  staging folder and a consistent copy is uploaded as ``<uri>/<name>/study.db`` every
+  few minutes while the sweep runs (``PeriodicUpload``) and once at its end.
 
 URIs may carry pyarrow's query parameters, e.g. an S3-compatible server:
 ``s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http``. Ray's own storage
@@ -31,7 +32,9 @@ import os
 import re
 import shutil
 import sqlite3
+import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ from urllib.parse import urlsplit, urlunsplit
 from search.cluster import is_local_path
 
 STAGING_ENV = "MADE_SEARCH_STAGING"
+STUDY_UPLOAD_SECONDS = 300
+"""How often a sweep on URI storage uploads its SQLite Optuna study while it runs."""
 _CHUNK = 1 << 20
 
 
@@ -298,6 +303,43 @@ class ExperimentFolder:
         except Exception as error:
             raise StorageError(f"could not download {self.remote(filename)}: {describe_error(error)}") from None
         return True
+
+
+class PeriodicUpload:
+    """While the ``with`` block runs, upload a SQLite database every ``interval`` seconds.
+
+    The driver's Optuna study lives in the staging folder for URI storage; without this a
+    driver killed after hours of sweeping would leave the URI without any study. A failed
+    upload is reported once on stderr and retried at the next tick: the sweep goes on.
+    """
+
+    def __init__(self, folder: ExperimentFolder, database: Path, filename: str, interval: float = STUDY_UPLOAD_SECONDS) -> None:
+        self.folder, self.database, self.filename, self.interval = folder, database, filename, interval
+        self.uploads = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.folder.publish_sqlite(self.database, self.filename)
+                self.uploads += 1
+            except (StorageError, sqlite3.Error) as error:
+                if not self._warned:
+                    print(f"warning: periodic upload of {self.database} failed ({error}); retrying", file=sys.stderr, flush=True)
+                    self._warned = True
+
+    def __enter__(self) -> "PeriodicUpload":
+        if self.folder.is_uri:
+            self._thread = threading.Thread(target=self._run, name="made-search-study-upload", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def list_experiments(storage: str, marker: str) -> list[tuple[str, dict[str, Any]]]:

@@ -34,6 +34,7 @@ from search.run import main
 from search.storage import (
     STAGING_ENV,
     ExperimentFolder,
+    PeriodicUpload,
     StorageError,
     check_writable,
     join_uri,
@@ -194,6 +195,44 @@ def test_experiment_folder_publishes_reads_and_lists(moto_port, aws_env, tmp_pat
     target = fetch_uri_storage(uri, tmp_path / "down")
     assert (target / "exp1" / "best_model" / "model.pt").read_bytes() == b"\0weights.gz"
     assert (target / "exp1" / schema.EXPERIMENT_FILE).exists() and not (target / "exp1" / schema.BEST_FILE).exists()
+
+
+def test_study_is_uploaded_periodically_while_the_sweep_runs(moto_port, aws_env, tmp_path):
+    import sqlite3
+
+    folder = ExperimentFolder(s3_uri(moto_port, prefix="periodic-test"), "exp1")
+    folder.local_path.mkdir(parents=True)
+    database = folder.local_path / schema.STUDY_FILE
+    connection = sqlite3.connect(database)
+    connection.execute("create table trials (value real)")
+    connection.commit()
+
+    def uploaded_rows() -> int:
+        (tmp_path / "copy.db").write_bytes(read_object(moto_port, "periodic-test", f"exp1/{schema.STUDY_FILE}"))
+        with sqlite3.connect(tmp_path / "copy.db") as copy:
+            return copy.execute("select count(*) from trials").fetchone()[0]
+
+    with PeriodicUpload(folder, database, schema.STUDY_FILE, interval=0.2) as upload:
+        for row in range(3):  # the study grows while uploads happen (WAL-free, as Optuna's SQLite)
+            connection.execute("insert into trials values (?)", (float(row),))
+            connection.commit()
+            deadline = time.monotonic() + 30
+            while uploaded_rows_or_zero(uploaded_rows) < row + 1:
+                assert time.monotonic() < deadline, "the periodic upload never caught up"
+                time.sleep(0.1)
+    assert upload.uploads >= 3
+    connection.close()
+    # A local experiment folder has nothing to upload: no thread, no upload.
+    with PeriodicUpload(ExperimentFolder(str(tmp_path / "runs"), "exp2"), database, schema.STUDY_FILE, interval=0.01) as local:
+        time.sleep(0.1)
+    assert local.uploads == 0
+
+
+def uploaded_rows_or_zero(read_rows) -> int:
+    try:
+        return read_rows()
+    except OSError:  # not uploaded yet
+        return 0
 
 
 def test_aggregate_skips_an_unreadable_uri_with_a_warning(tmp_path, aws_env, caplog):
