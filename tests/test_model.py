@@ -154,7 +154,47 @@ def test_sampling_mode_uses_fresh_masks():
     assert [cycled.training_mask_index(s) for s in range(5)] == [0, 1, 2, 0, 1]
     for step in range(100):
         model.masks(step)
-    assert len(model._mask_cache) <= 64
+    assert len(model._mask_cache) == 100  # a few KB each: far under the byte budget
+
+
+def test_sampled_mask_cache_is_bounded_in_bytes(monkeypatch):
+    import made_core.model as model_module
+
+    model = MADE(12, (30,), num_masks=MASK_SAMPLING, ordering="agnostic", direct_connection=True)
+    one_set = (30 * 12 + 12 * 30 + 12 * 12) * 4  # float32 hidden, output and direct masks
+    monkeypatch.setattr(model_module, "_SAMPLED_MASK_CACHE_BYTES", 5 * one_set + 1)
+    for step in range(20):
+        model.masks(step)
+    assert list(model._mask_cache) == list(range(15, 20))  # the newest five
+    monkeypatch.setattr(model_module, "_SAMPLED_MASK_CACHE_BYTES", 1)  # never below one set
+    model.masks(20)
+    assert list(model._mask_cache) == [20]
+
+
+def test_bool_masks_give_the_same_model(monkeypatch):
+    # CUDA caches masks as bool; force that path on the CPU: identical logits and gradients,
+    # and still autoregressive.
+    import made_core.model as model_module
+
+    x = (torch.rand(5, 9, generator=torch.Generator().manual_seed(1)) < 0.5).double()
+    results = {}
+    for dtype_rule in ("float", "bool"):
+        if dtype_rule == "bool":
+            monkeypatch.setattr(model_module, "mask_dtype", lambda weight: torch.bool)
+        torch.manual_seed(0)  # the same initial weights for both
+        model = MADE(9, (20, 15), num_masks=3, ordering="agnostic", direct_connection=True, seed=3).double()
+        assert model.masks(1).output.dtype == (torch.bool if dtype_rule == "bool" else torch.float64)
+        logits = model.logits(x, 1)
+        logits.sum().backward()
+        results[dtype_rule] = (logits.detach(), [p.grad.clone() for p in model.parameters()])
+    assert torch.equal(results["float"][0], results["bool"][0])
+    assert all(torch.equal(a, b) for a, b in zip(results["float"][1], results["bool"][1]))
+    jacobian = torch.autograd.functional.jacobian(lambda row: model.logits(row[None], 1)[0], x[0])
+    order = model.masks(1).order
+    position = torch.empty_like(order)
+    position[order] = torch.arange(9)
+    allowed = position[None, :] < position[:, None]  # logit d may depend on x_j iff j comes before d
+    assert torch.all(jacobian[~allowed] == 0)
 
 
 def test_samples_follow_model_distribution():
