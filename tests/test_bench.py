@@ -5,15 +5,28 @@ No timing assertions: the machines that run the suite are shared and noisy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from made_core.bench import BenchSettings, UnmaskedMLP, load_bench_data, main, matmul_flop, train_block
+from made_core import bench
+from made_core.bench import (
+    BenchSettings,
+    TrainingResult,
+    UnmaskedMLP,
+    combine_processes,
+    load_bench_data,
+    main,
+    matmul_flop,
+    train_block,
+    training_result_from_json,
+)
 from made_core.model import MADE
 from made_core.train import Trainer, TrainConfig
 
@@ -104,7 +117,53 @@ def test_data_falls_back_to_random_rows_without_the_mnist_file(tmp_path, monkeyp
     assert data.training_rows.dtype == np.float32 and set(np.unique(data.evaluation_rows)) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--threads", "0"], ["--device", "tpu"]])
+def _result(num_masks: int, ratio: float, round_ratios: tuple[float, ...], made_rate: float) -> TrainingResult:
+    return TrainingResult(
+        hidden_sizes=(500,), num_masks=num_masks, made_examples_per_second=made_rate, mlp_examples_per_second=1000.0,
+        ratio=ratio, ratio_quartiles=(min(round_ratios), max(round_ratios)), cpu_time_ratio=ratio,
+        cpu_time_ratio_quartiles=(ratio, ratio), rounds=len(round_ratios), steps_per_block=4,
+        round_ratios=round_ratios, round_cpu_time_ratios=round_ratios,
+    )  # fmt: skip
+
+
+def test_processes_combine_into_medians_and_pooled_quartiles():
+    per_process = [
+        [_result(1, 0.80, (0.7, 0.8, 0.9), 800.0), _result(32, 1.00, (1.0, 1.0, 1.0), 1000.0)],
+        [_result(1, 0.95, (0.9, 0.95, 1.0), 950.0), _result(32, 0.90, (0.9, 0.9, 0.9), 900.0)],
+        [_result(1, 0.92, (0.92, 0.92, 0.92), 920.0), _result(32, 0.70, (0.6, 0.7, 0.8), 700.0)],
+    ]
+    one_mask, many_masks = combine_processes(per_process)
+    assert (one_mask.num_masks, many_masks.num_masks) == (1, 32)
+    assert one_mask.process_ratios == (0.80, 0.95, 0.92)
+    assert one_mask.ratio == 0.92 and one_mask.verdict == "PASS"  # the median process, not the mean (0.89)
+    assert many_masks.ratio == 0.90 and many_masks.made_examples_per_second == 900.0
+    assert one_mask.rounds == 9 and len(one_mask.round_ratios) == 9
+    assert one_mask.ratio_quartiles == pytest.approx((0.9, 0.92))  # inclusive quartiles of the 9 pooled rounds
+    assert training_result_from_json(json.loads(json.dumps(dataclasses.asdict(one_mask)))) == one_mask
+
+
+def test_training_section_runs_in_fresh_processes(tmp_path, capsys):
+    json_path = tmp_path / "bench.json"
+    argv = ["--quick", "--data", "random", "--threads", "1", "--processes", "2", "--training-only", "--json", str(json_path)]
+    assert main(argv) == 0
+    report = json.loads(json_path.read_text())
+    assert report["evaluation"] == [] and report["settings"]["processes"] == 2
+    for row in report["training"]:
+        assert len(row["process_ratios"]) == 2 and all(_finite_positive(ratio) for ratio in row["process_ratios"])
+        assert row["ratio"] == pytest.approx(sum(row["process_ratios"]) / 2)  # the median of two
+        assert row["rounds"] == 2 * 3 and len(row["round_ratios"]) == 6
+    out = capsys.readouterr().out
+    assert "measured in 2 fresh processes" in out and "per process" in out
+    assert "2. 32-mask ensemble evaluation" not in out
+
+
+def test_a_failing_measurement_process_is_reported(monkeypatch):
+    monkeypatch.setattr(bench, "child_command", lambda settings, path: [sys.executable, "-c", "raise SystemExit('no torch here')"])
+    with pytest.raises(RuntimeError, match=r"benchmark process 1 failed \(exit 1\):\s+no torch here"):
+        bench.training_in_processes(BenchSettings.quick_run(processes=2), log=lambda line: None)
+
+
+@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--threads", "0"], ["--processes", "0"], ["--device", "tpu"]])
 def test_bad_arguments_are_refused(argv):
     with pytest.raises(SystemExit):
         main(argv)
