@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,8 +39,8 @@ def as_tensor(data: np.ndarray | torch.Tensor, device: torch.device | str, dtype
 
 
 @torch.no_grad()
-def example_log_probs(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 1, batch_size: int = 1000) -> torch.Tensor:
-    """(N,) float64 log p(x) per row (nats), the ensemble over ``n_masks`` masks.
+def mask_log_probs(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 1, batch_size: int = 1000) -> torch.Tensor:
+    """(K, N) log p_k(x) per mask k < ``n_masks`` and row (nats), in the model's dtype and device.
 
     Masks are the outer loop: each mask's masked weights are computed once and reused for
     every batch, instead of once per (batch, mask).
@@ -55,14 +56,31 @@ def example_log_probs(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int
         for start in range(0, len(rows), batch_size):
             per_mask[row, start : start + batch_size] = model.log_prob_with(rows[start : start + batch_size], weights)
     model.train(was_training)
-    return ensemble_log_prob(per_mask).double().cpu()
+    return per_mask
 
 
-def evaluate_nll(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 1, batch_size: int = 1000) -> NLL:
-    """Average NLL over the rows of ``data`` with the probability-space ensemble of ``n_masks`` masks."""
-    log_probs = example_log_probs(model, data, n_masks, batch_size)
+def example_log_probs(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 1, batch_size: int = 1000) -> torch.Tensor:
+    """(N,) float64 log p(x) per row (nats), the ensemble over ``n_masks`` masks."""
+    return ensemble_log_prob(mask_log_probs(model, data, n_masks, batch_size)).double().cpu()
+
+
+def nll_of(log_probs: torch.Tensor) -> NLL:
+    """The mean NLL and its standard error from (N,) per-row log-probabilities."""
     count = log_probs.numel()
     if count == 0:
         raise ValueError("cannot evaluate an NLL on an empty data set")
     stderr = float(log_probs.std(unbiased=True)) / math.sqrt(count) if count > 1 else float("nan")
     return NLL(mean=float(-log_probs.mean()), stderr=stderr, examples=count)
+
+
+def evaluate_nll(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 1, batch_size: int = 1000) -> NLL:
+    """Average NLL over the rows of ``data`` with the probability-space ensemble of ``n_masks`` masks."""
+    return nll_of(example_log_probs(model, data, n_masks, batch_size))
+
+
+def ensemble_nlls(model: MADE, data: np.ndarray | torch.Tensor, sizes: Sequence[int], batch_size: int = 1000) -> dict[int, NLL]:
+    """The NLL of every ensemble size in ``sizes`` (masks 0..K-1 each), from one pass over max(sizes) masks."""
+    if not sizes:
+        raise ValueError("ensemble_nlls needs at least one ensemble size")
+    per_mask = mask_log_probs(model, data, max(sizes), batch_size)
+    return {size: nll_of(ensemble_log_prob(per_mask[:size]).double().cpu()) for size in sorted(set(sizes))}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from made_core.allocator import keep_freed_memory
-from made_core.evaluate import NLL, as_tensor, evaluate_nll
+from made_core.evaluate import NLL, as_tensor, ensemble_nlls, evaluate_nll
 from made_core.masks import MASK_SAMPLING, ORDERINGS
 from made_core.model import ACTIVATIONS, MADE
 
@@ -32,6 +32,10 @@ OPTIMIZERS = ("adam", "adagrad", "adadelta", "sgd")
 # Default ensemble sizes: validation runs every epoch, so it uses fewer masks than the test.
 DEFAULT_VALID_MASKS = 8
 DEFAULT_TEST_MASKS = 32
+# A mask-sampling model can be averaged over any number of masks, and more masks cost only
+# evaluation time; its test ensemble is the size among these with the lowest validation NLL
+# (on dna: validation 80.04 / 79.67 / 79.38 / 79.15 with 32 / 64 / 128 / 256 masks).
+SAMPLING_TEST_MASK_CHOICES: tuple[int, ...] = (32, 64, 128, 256)
 CHECKPOINT_FILE = "trainer.pt"
 
 
@@ -121,6 +125,33 @@ class TrainConfig:
 def default_test_masks(num_masks: int) -> int:
     """The test-time ensemble: all K masks of a cycled model, 32 for mask sampling."""
     return DEFAULT_TEST_MASKS if num_masks == MASK_SAMPLING else num_masks
+
+
+@dataclass(frozen=True)
+class TestEnsemble:
+    """The test-time ensemble size, chosen on the validation set, and the validation NLLs behind it."""
+
+    masks: int
+    valid: NLL  # the validation NLL with ``masks`` masks
+    valid_by_size: dict[int, float]  # every ensemble size evaluated on validation -> its NLL
+
+
+def choose_test_masks(
+    model: MADE, valid_rows: np.ndarray | torch.Tensor, requested: int | None = None, batch_size: int = 1000
+) -> TestEnsemble:
+    """The test ensemble of ``model``: ``requested`` masks when given, else all K masks of a
+    cycled model, else (mask sampling) the size in ``SAMPLING_TEST_MASK_CHOICES`` with the
+    lowest validation NLL (ties: the smaller). Never looks at test data."""
+    num_masks = model.num_masks
+    if requested is not None and (requested < 1 or (num_masks != MASK_SAMPLING and requested > num_masks)):
+        raise ValueError(f"test masks must be between 1 and num_masks ({num_masks}), got {requested}")
+    if requested is not None:
+        sizes: tuple[int, ...] = (requested,)
+    else:
+        sizes = SAMPLING_TEST_MASK_CHOICES if num_masks == MASK_SAMPLING else (num_masks,)
+    by_size = ensemble_nlls(model, valid_rows, sizes, batch_size)
+    masks = min(by_size, key=lambda size: (by_size[size].mean if math.isfinite(by_size[size].mean) else math.inf, size))
+    return TestEnsemble(masks, by_size[masks], {size: nll.mean for size, nll in by_size.items()})
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -373,7 +404,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     parser.add_argument("--patience", type=int, default=defaults.patience)
     parser.add_argument("--valid-masks", type=int, default=None, help="validation ensemble size (default min(num_masks, 8))")
-    parser.add_argument("--test-masks", type=int, default=None, help="test ensemble size (default num_masks; 32 for mask sampling)")
+    parser.add_argument("--test-masks", type=int, default=None, help="test ensemble size (default: all num_masks masks; for mask sampling, the size among "
+                        f"{', '.join(map(str, SAMPLING_TEST_MASK_CHOICES))} with the lowest validation NLL)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--checkpoint-dir", default=None, help="write a checkpoint here every epoch")
@@ -396,9 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, grad_clip=args.grad_clip, max_epochs=args.max_epochs, patience=args.patience,
             valid_masks=args.valid_masks, seed=args.seed, device=args.device,
         )  # fmt: skip
-        test_masks = default_test_masks(config.num_masks) if args.test_masks is None else args.test_masks
-        if test_masks < 1 or (config.num_masks >= 1 and test_masks > config.num_masks):
-            raise ValueError(f"--test-masks must be between 1 and num_masks ({config.num_masks}), got {test_masks}")
+        if args.test_masks is not None and (args.test_masks < 1 or (config.num_masks >= 1 and args.test_masks > config.num_masks)):
+            raise ValueError(f"--test-masks must be between 1 and num_masks ({config.num_masks}), got {args.test_masks}")
         data = load_dataset(args.dataset, data_dir=args.data_dir)
         if args.resume:
             trainer = Trainer.from_checkpoint(args.checkpoint_dir, data.train, data.valid, args.device, args.max_epochs)
@@ -429,8 +460,12 @@ def main(argv: list[str] | None = None) -> int:
         from made_core.model import save_model
 
         print(f"model written to {save_model(trainer.model, args.save_model)}")
-    test = trainer.evaluate(data.test, test_masks)
-    line = f"test NLL ({test_masks} mask{'s' if test_masks > 1 else ''}): {test}"
+    ensemble = choose_test_masks(trainer.model, data.valid, args.test_masks, trainer.config.eval_batch_size)
+    if len(ensemble.valid_by_size) > 1:
+        print("test ensemble chosen on validation: "
+              + ", ".join(f"{size} masks {nll:.3f}" for size, nll in ensemble.valid_by_size.items()))  # fmt: skip
+    test = trainer.evaluate(data.test, ensemble.masks)
+    line = f"test NLL ({ensemble.masks} mask{'s' if ensemble.masks > 1 else ''}): {test}"
     if data.true_test_nll is not None:
         line += f"   (true NLL of the test set: {data.true_test_nll:.2f})"
     print(line)

@@ -61,7 +61,7 @@ BEST_KEYS = (
     "experiment",
     "trial_id",
     "config",  # dict: hyperparameter -> value
-    "valid_nll",
+    "valid_nll",  # validation NLL with the test-time ensemble (test_masks); the sweep's own is sweep_valid_nll
     "test_nll",
     "test_nll_stderr",
     "test_masks",  # masks in the test-time ensemble
@@ -112,7 +112,11 @@ EXPERIMENT_OPTIONAL_KEYS = (
 )
 
 # Optional keys a best.json may carry beyond BEST_KEYS (it wins over experiment.json).
-BEST_OPTIONAL_KEYS = ("true_test_nll",)
+BEST_OPTIONAL_KEYS = (
+    "true_test_nll",
+    "sweep_valid_nll",  # the best trial's best_valid_nll (the sweep objective, a smaller ensemble)
+    "valid_nll_by_test_masks",  # {"32": nll, ...}: the ensemble sizes test_masks was chosen from
+)
 
 # trials.csv under results/tables/: these, then TRIAL_COLUMNS, then ALL_TRIALS_TEST_COLUMN,
 # then one column per hyperparameter.

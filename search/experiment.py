@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from made_core.evaluate import evaluate_nll
+from made_core.masks import MASK_SAMPLING
 from made_core.model import save_model
-from made_core.train import default_test_masks, load_best_model
+from made_core.train import choose_test_masks, load_best_model
 from results import schema
 from results.atomic import atomic_write_csv, atomic_write_text
 from results.tables import order_hyperparameters
@@ -162,6 +163,7 @@ def evaluate_best(
     experiment_path: Path,
     records: list[TrialRecord],
     dataset: str,
+    valid_data: np.ndarray,
     test_data: np.ndarray,
     test_masks: int | None,
     extra: dict[str, Any] | None = None,
@@ -169,6 +171,12 @@ def evaluate_best(
     checkpoint_path: str | None = None,
 ) -> dict[str, Any] | None:
     """Evaluate the best trial once on the test set; write best_model/ and best.json. Returns best.json's data.
+
+    The best trial is the one with the lowest sweep objective (``best_valid_nll``, validation
+    with the training run's small ensemble). Its test ensemble is chosen on the validation
+    set (``made_core.train.choose_test_masks``); best.json's ``valid_nll`` is the validation
+    NLL with that ensemble, so it and ``test_nll`` describe the same model, and the sweep's
+    figure is kept as ``sweep_valid_nll``.
 
     ``experiment_path`` is the local folder written to. The trial's checkpoint is read through
     Ray's ``Checkpoint`` (downloaded first when it lives at a URI). best.json's
@@ -181,8 +189,9 @@ def evaluate_best(
     with best.checkpoint.as_directory() as checkpoint_folder:
         model = load_best_model(checkpoint_folder)
     num_masks = int(best.config.get("num_masks", 1))
-    masks = default_test_masks(num_masks) if test_masks is None else (test_masks if num_masks == 0 else min(test_masks, num_masks))
-    test = evaluate_nll(model, test_data, n_masks=masks)
+    requested = None if test_masks is None else (test_masks if num_masks == MASK_SAMPLING else min(test_masks, num_masks))
+    ensemble = choose_test_masks(model, valid_data, requested)
+    test = evaluate_nll(model, test_data, n_masks=ensemble.masks)
     model_folder = experiment_path / BEST_MODEL_FOLDER
     save_model(model, model_folder)
     summary = {
@@ -190,10 +199,12 @@ def evaluate_best(
         "experiment": experiment_path.name,
         "trial_id": best.trial_id,
         "config": best.config,
-        "valid_nll": best.best_valid_nll,
+        "valid_nll": ensemble.valid.mean,
         "test_nll": test.mean,
         "test_nll_stderr": test.stderr,
-        "test_masks": masks,
+        "test_masks": ensemble.masks,
+        "sweep_valid_nll": best.best_valid_nll,
+        "valid_nll_by_test_masks": {str(size): nll for size, nll in ensemble.valid_by_size.items()},
         "checkpoint_path": checkpoint_path or str(model_folder),
         "finished_at": utc_now(),
         **(extra or {}),

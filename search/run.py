@@ -365,7 +365,9 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         # or `aws s3 sync`) and by its URI.
         model_location = BEST_MODEL_FOLDER
         extra["checkpoint_uri"] = folder.remote(BEST_MODEL_FOLDER)
-    best = evaluate_best(experiment_path, records, plan.dataset, data.test, plan.test_masks, extra, checkpoint_path=model_location)
+    best = evaluate_best(
+        experiment_path, records, plan.dataset, data.valid, data.test, plan.test_masks, extra, checkpoint_path=model_location
+    )
     write_json(marker, info)
     folder.publish(schema.TRIALS_FILE, schema.CURVES_FILE, BEST_MODEL_FOLDER, schema.BEST_FILE, schema.EXPERIMENT_FILE)
     if folder.is_uri and study_file is not None:
@@ -375,9 +377,15 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     if best is None:
         print("no trial produced a finite validation NLL; nothing to evaluate", file=sys.stderr)
         return EXIT_NO_RESULT
+    masks = best["test_masks"]
+    chosen = best["valid_nll_by_test_masks"]
+    choice = (
+        "\n  test ensemble chosen on validation: " + ", ".join(f"{size} masks {nll:.3f}" for size, nll in chosen.items())
+        if len(chosen) > 1 else ""
+    )  # fmt: skip
     print(
-        f"best trial {best['trial_id']}: valid NLL {best['valid_nll']:.3f}, "
-        f"test NLL {best['test_nll']:.3f} ± {best['test_nll_stderr']:.3f} ({best['test_masks']} mask{'s' if best['test_masks'] > 1 else ''})\n"
+        f"best trial {best['trial_id']} (sweep valid NLL {best['sweep_valid_nll']:.3f}): with {masks} mask{'s' if masks > 1 else ''}, "
+        f"valid NLL {best['valid_nll']:.3f}, test NLL {best['test_nll']:.3f} ± {best['test_nll_stderr']:.3f}{choice}\n"
         f"  config: {best['config']}\n  written: {folder.remote(schema.BEST_FILE)}",
         flush=True,
     )

@@ -301,7 +301,8 @@ def test_sweep_runs_trials_on_several_hosts(tmp_path, netns_cluster_factory):
     best = json.loads((experiment / schema.BEST_FILE).read_text())
     assert best["trial_id"] in set(trials["trial_id"])
     assert math.isfinite(best["test_nll"]) and best["test_nll"] > 0
-    assert best["valid_nll"] == pytest.approx(trials["best_valid_nll"].min())
+    assert best["sweep_valid_nll"] == pytest.approx(trials["best_valid_nll"].min())
+    assert best["valid_nll"] == best["valid_nll_by_test_masks"][str(best["test_masks"])]  # the reported ensemble
     info = json.loads((experiment / schema.EXPERIMENT_FILE).read_text())
     assert info["status"] == "finished" and info["num_trials"] == 6
 

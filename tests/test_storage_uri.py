@@ -296,7 +296,8 @@ def test_sweep_to_s3_uri_publishes_everything_and_resumes(moto_port, tmp_path, s
     assert len(trials) == 3 and (trials["status"] == "TERMINATED").all()
     best = json.loads(read_object(moto_port, "sweeps", f"tiny-s3/{schema.BEST_FILE}"))
     assert math.isfinite(best["test_nll"]) and best["test_nll_stderr"] > 0
-    assert best["valid_nll"] == pytest.approx(trials["best_valid_nll"].min())
+    assert best["sweep_valid_nll"] == pytest.approx(trials["best_valid_nll"].min())
+    assert best["valid_nll"] == best["valid_nll_by_test_masks"][str(best["test_masks"])]  # the reported ensemble
     assert best["checkpoint_path"] == "best_model" and best["checkpoint_uri"] == join_uri(uri, "tiny-s3", "best_model")
     info = json.loads(read_object(moto_port, "sweeps", f"tiny-s3/{schema.EXPERIMENT_FILE}"))
     assert info["status"] == "finished" and info["num_trials"] == 3

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from made_core.data import load_dataset, true_distribution
-from made_core.train import Trainer, TrainConfig, main
+from made_core.evaluate import ensemble_nlls, evaluate_nll
+from made_core.train import SAMPLING_TEST_MASK_CHOICES, Trainer, TrainConfig, choose_test_masks, main
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,47 @@ def test_cli_trains_and_reports_test_nll(capsys, tmp_path):
     code = main(["--dataset", "synthetic-tiny", "--hidden", "16", "--num-masks", "2", "--max-epochs", "3",
                  "--checkpoint-dir", str(tmp_path / "ckpt"), "--resume"])  # fmt: skip
     assert code == 0 and "epoch    3" in capsys.readouterr().out
+
+
+def test_ensemble_nlls_match_separate_evaluations(tiny):
+    model = Trainer(small_config(num_masks=0, ordering="agnostic", max_epochs=1), tiny.train, tiny.valid).model
+    by_size = ensemble_nlls(model, tiny.valid, (4, 1, 9), batch_size=37)
+    assert list(by_size) == [1, 4, 9]
+    for size, nll in by_size.items():
+        separate = evaluate_nll(model, tiny.valid, size)
+        assert nll.mean == pytest.approx(separate.mean, rel=1e-6) and nll.stderr == pytest.approx(separate.stderr, rel=1e-5)
+    with pytest.raises(ValueError, match="at least one ensemble size"):
+        ensemble_nlls(model, tiny.valid, ())
+
+
+def test_test_ensemble_is_chosen_on_validation(tiny):
+    trainer = Trainer(small_config(num_masks=0, ordering="agnostic", max_epochs=2), tiny.train, tiny.valid)
+    for _ in trainer.epochs():
+        pass
+    sampling = choose_test_masks(trainer.model, tiny.valid)
+    assert tuple(sampling.valid_by_size) == SAMPLING_TEST_MASK_CHOICES
+    assert sampling.masks == min(sampling.valid_by_size, key=sampling.valid_by_size.get)
+    assert sampling.valid.mean == sampling.valid_by_size[sampling.masks]
+    assert sampling.valid.mean == pytest.approx(evaluate_nll(trainer.model, tiny.valid, sampling.masks).mean, rel=1e-6)
+    # Averaging probabilities over more masks of a trained model helps on average: the choice is not always 32.
+    assert sampling.valid_by_size[256] < sampling.valid_by_size[32]
+
+    requested = choose_test_masks(trainer.model, tiny.valid, requested=5)
+    assert requested.masks == 5 and list(requested.valid_by_size) == [5]
+
+    cycled = Trainer(small_config(num_masks=3, ordering="agnostic", max_epochs=1), tiny.train, tiny.valid).model
+    assert choose_test_masks(cycled, tiny.valid).masks == 3  # all K masks, nothing to choose
+    with pytest.raises(ValueError, match="between 1 and num_masks \\(3\\), got 4"):
+        choose_test_masks(cycled, tiny.valid, requested=4)
+
+
+def test_cli_chooses_the_mask_sampling_ensemble_on_validation(capsys):
+    assert main(["--dataset", "synthetic-tiny", "--hidden", "16", "--num-masks", "0", "--ordering", "agnostic",
+                 "--max-epochs", "1"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "test ensemble chosen on validation: 32 masks" in out and "256 masks" in out
+    masks = int(out.strip().splitlines()[-1].split("test NLL (")[1].split(" mask")[0])
+    assert masks in SAMPLING_TEST_MASK_CHOICES
 
 
 @pytest.mark.parametrize(
