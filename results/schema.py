@@ -100,6 +100,7 @@ BEST_TABLE_HYPERPARAMETERS_AFTER = "delta_vs_mask_sampling"
 
 # Always written after BEST_TABLE_COLUMNS (empty where they do not apply):
 BEST_TABLE_EXTRA_COLUMNS = (
+    "test_masks",  # best.json's test_masks: the size of the ensemble test_nll and valid_nll used
     "true_test_nll",  # synthetic data: the exact NLL of the true distribution on the test set
     "delta_vs_true",  # test_nll - true_test_nll (>= 0 up to noise)
     "note",  # EXPERIMENT_OPTIONAL_KEYS["data_note"], e.g. "stand-in binarization of MNIST"

@@ -343,7 +343,7 @@ def test_mnist_row_has_made_but_no_mask_sampling_number(tmp_path: Path):
     assert math.isnan(best.loc["mnist", "paper_mask_sampling_nll"])
     assert math.isnan(best.loc["mnist", "delta_vs_mask_sampling"])
     cells = _markdown_rows((tmp_path / "tables" / schema.BEST_MARKDOWN).read_text())["mnist"]
-    assert cells[3:6] == ["86.64", "—", "+0.86"]
+    assert cells[4:7] == ["86.64", "—", "+0.86"]
 
 
 def test_merge_with_an_older_best_table_recomputes_paper_columns(tmp_path: Path):
@@ -378,8 +378,8 @@ def test_merge_with_an_older_best_table_recomputes_paper_columns(tmp_path: Path)
     assert best.loc["web", "delta_vs_mask_sampling"] == pytest.approx(29.0 - paper_mask_sampling_nll("web"))
     assert set(DERIVED_BEST_COLUMNS) <= set(best.columns)
     rows = _markdown_rows((tables / schema.BEST_MARKDOWN).read_text())
-    assert rows["dna"][3:6] == ["83.63", "79.66", "+0.37"]
-    assert rows["dna"][7] == "40" and rows["dna"][8] == "0:12:34"
+    assert rows["dna"][4:7] == ["83.63", "79.66", "+0.37"]
+    assert rows["dna"][8] == "40" and rows["dna"][9] == "0:12:34"
 
 
 def test_rerun_replaces_an_experiments_rows(storage: Path, tmp_path: Path):
@@ -414,26 +414,27 @@ def test_markdown_agrees_with_csv(storage: Path, tmp_path: Path):
         test, stderr = re.fullmatch(r"(\S+) ± (\S+)", cells[1]).groups()
         assert float(test) == round(row["test_nll"], 2)
         assert float(stderr) == round(row["test_nll_stderr"], 2)
-        assert float(cells[2]) == round(row["valid_nll"], 2)
+        assert int(cells[2]) == row["test_masks"]
+        assert float(cells[3]) == round(row["valid_nll"], 2)
         if math.isnan(row["paper_made_nll"]):
-            assert cells[3] == cells[5] == "—"
+            assert cells[4] == cells[6] == "—"
         else:
-            assert float(cells[3]) == round(row["paper_made_nll"], 2)
-            assert float(cells[5]) == round(row["delta_vs_paper"], 2)
+            assert float(cells[4]) == round(row["paper_made_nll"], 2)
+            assert float(cells[6]) == round(row["delta_vs_paper"], 2)
         if math.isnan(row["paper_mask_sampling_nll"]):
-            assert cells[4] == "—"
+            assert cells[5] == "—"
         else:
-            assert float(cells[4]) == round(row["paper_mask_sampling_nll"], 2)
-        assert int(cells[7]) == row["sweep_num_trials"]
-        hours, minutes, seconds = (int(x) for x in cells[8].split(":"))
+            assert float(cells[5]) == round(row["paper_mask_sampling_nll"], 2)
+        assert int(cells[8]) == row["sweep_num_trials"]
+        hours, minutes, seconds = (int(x) for x in cells[9].split(":"))
         assert hours * 3600 + minutes * 60 + seconds == round(row["sweep_wall_seconds"])
-        assert cells[9] == f"{row['experiment']} / {row['trial_id']}"
+        assert cells[10] == f"{row['experiment']} / {row['trial_id']}"
     header = next(line for line in text.splitlines() if line.startswith("| dataset"))
-    assert [c.strip() for c in header.strip().strip("|").split(" | ")][3:6] == [
-        "paper MADE", "paper MADE mask sampling", "Δ vs paper MADE",
+    assert [c.strip() for c in header.strip().strip("|").split(" | ")][1:7] == [
+        "test NLL ± stderr", "test masks", "valid NLL", "paper MADE", "paper MADE mask sampling", "Δ vs paper MADE",
     ]
-    assert rows["dna"][3:6] == ["83.63", "79.66", "+2.37"]
-    assert "1×1000, mask sampling, agnostic" in rows["dna"][6]
+    assert rows["dna"][4:7] == ["83.63", "79.66", "+2.37"]
+    assert "1×1000, mask sampling, agnostic" in rows["dna"][7]
     assert "stand-in dna file" in text and "Δ vs true +0.30" in text
 
 
