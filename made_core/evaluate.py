@@ -59,9 +59,14 @@ def mask_log_probs(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 
     return per_mask
 
 
+def _ensembled(per_mask: torch.Tensor) -> torch.Tensor:
+    """(N,) float64 CPU ensemble log-probabilities from (K, N) per-mask ones."""
+    return ensemble_log_prob(per_mask).double().cpu()
+
+
 def example_log_probs(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 1, batch_size: int = 1000) -> torch.Tensor:
     """(N,) float64 log p(x) per row (nats), the ensemble over ``n_masks`` masks."""
-    return ensemble_log_prob(mask_log_probs(model, data, n_masks, batch_size)).double().cpu()
+    return _ensembled(mask_log_probs(model, data, n_masks, batch_size))
 
 
 def nll_of(log_probs: torch.Tensor) -> NLL:
@@ -83,4 +88,4 @@ def ensemble_nlls(model: MADE, data: np.ndarray | torch.Tensor, sizes: Sequence[
     if not sizes:
         raise ValueError("ensemble_nlls needs at least one ensemble size")
     per_mask = mask_log_probs(model, data, max(sizes), batch_size)
-    return {size: nll_of(ensemble_log_prob(per_mask[:size]).double().cpu()) for size in sorted(set(sizes))}
+    return {size: nll_of(_ensembled(per_mask[:size])) for size in sorted(set(sizes))}

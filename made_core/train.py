@@ -127,6 +127,17 @@ def default_test_masks(num_masks: int) -> int:
     return DEFAULT_TEST_MASKS if num_masks == MASK_SAMPLING else num_masks
 
 
+def check_test_masks(requested: int | None, num_masks: int, name: str = "test masks") -> None:
+    """Raise ValueError unless ``requested`` (None: the default) is a possible test ensemble size."""
+    if requested is not None and (requested < 1 or (num_masks != MASK_SAMPLING and requested > num_masks)):
+        raise ValueError(f"{name} must be between 1 and num_masks ({num_masks}), got {requested}")
+
+
+def describe_test_mask_choice(valid_by_size: Mapping[Any, float]) -> str:
+    """'32 masks 80.038, 64 masks 79.672, ...': the validation NLL of each candidate ensemble size."""
+    return ", ".join(f"{size} masks {nll:.3f}" for size, nll in valid_by_size.items())
+
+
 @dataclass(frozen=True)
 class TestEnsemble:
     """The test-time ensemble size, chosen on the validation set, and the validation NLLs behind it."""
@@ -143,8 +154,7 @@ def choose_test_masks(
     cycled model, else (mask sampling) the size in ``SAMPLING_TEST_MASK_CHOICES`` with the
     lowest validation NLL (ties: the smaller). Never looks at test data."""
     num_masks = model.num_masks
-    if requested is not None and (requested < 1 or (num_masks != MASK_SAMPLING and requested > num_masks)):
-        raise ValueError(f"test masks must be between 1 and num_masks ({num_masks}), got {requested}")
+    check_test_masks(requested, num_masks)
     if requested is not None:
         sizes: tuple[int, ...] = (requested,)
     else:
@@ -428,8 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, grad_clip=args.grad_clip, max_epochs=args.max_epochs, patience=args.patience,
             valid_masks=args.valid_masks, seed=args.seed, device=args.device,
         )  # fmt: skip
-        if args.test_masks is not None and (args.test_masks < 1 or (config.num_masks >= 1 and args.test_masks > config.num_masks)):
-            raise ValueError(f"--test-masks must be between 1 and num_masks ({config.num_masks}), got {args.test_masks}")
+        check_test_masks(args.test_masks, config.num_masks, "--test-masks")
         data = load_dataset(args.dataset, data_dir=args.data_dir)
         if args.resume:
             trainer = Trainer.from_checkpoint(args.checkpoint_dir, data.train, data.valid, args.device, args.max_epochs)
@@ -462,8 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model written to {save_model(trainer.model, args.save_model)}")
     ensemble = choose_test_masks(trainer.model, data.valid, args.test_masks, trainer.config.eval_batch_size)
     if len(ensemble.valid_by_size) > 1:
-        print("test ensemble chosen on validation: "
-              + ", ".join(f"{size} masks {nll:.3f}" for size, nll in ensemble.valid_by_size.items()))  # fmt: skip
+        print(f"test ensemble chosen on validation: {describe_test_mask_choice(ensemble.valid_by_size)}")
     test = trainer.evaluate(data.test, ensemble.masks)
     line = f"test NLL ({ensemble.masks} mask{'s' if ensemble.masks > 1 else ''}): {test}"
     if data.true_test_nll is not None:

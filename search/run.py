@@ -301,6 +301,7 @@ def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: 
 def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Namespace) -> int:
     import ray
 
+    from made_core.train import describe_test_mask_choice
     from search.experiment import BEST_MODEL_FOLDER, evaluate_best, read_trials, write_json, write_trial_files
     from search.storage import STUDY_UPLOAD_SECONDS, PeriodicUpload, remove_stale_staging
     from search.tuner import ProgressPrinter, make_trainable, make_tuner, restore_tuner
@@ -379,10 +380,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         return EXIT_NO_RESULT
     masks = best["test_masks"]
     chosen = best["valid_nll_by_test_masks"]
-    choice = (
-        "\n  test ensemble chosen on validation: " + ", ".join(f"{size} masks {nll:.3f}" for size, nll in chosen.items())
-        if len(chosen) > 1 else ""
-    )  # fmt: skip
+    choice = f"\n  test ensemble chosen on validation: {describe_test_mask_choice(chosen)}" if len(chosen) > 1 else ""
     print(
         f"best trial {best['trial_id']} (sweep valid NLL {best['sweep_valid_nll']:.3f}): with {masks} mask{'s' if masks > 1 else ''}, "
         f"valid NLL {best['valid_nll']:.3f}, test NLL {best['test_nll']:.3f} ± {best['test_nll_stderr']:.3f}{choice}\n"
