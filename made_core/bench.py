@@ -3,10 +3,11 @@
 Run ``python -m made_core.bench [--quick] [--device cpu|cuda] [--threads N] [--processes N] [--json PATH]``.
 
 1. Training. Examples/s of the real training step for a MADE and for an MLP with the same
-   layers, initial weights, optimiser and batches but no masks. The step is the body of
-   ``Trainer.run_epoch`` (gather a minibatch, logits under the step's mask, BCE-with-logits
+   layers, initial weights, optimiser and batches but no masks. The step is the Trainer's
+   ``training_step`` (gather a minibatch, logits under the step's mask, BCE-with-logits
    summed over dimensions / batch, zero_grad, backward, optimiser step, loss accumulated on
-   the device, one host sync per timed block); the MADE and its optimiser are built by
+   the device, one host sync per timed block; a fixed-mask MADE trains with its cut weights
+   held at zero, see ``MADE.training_logits``); the MADE and its optimiser are built by
    ``Trainer`` itself. The two models are timed in alternating blocks in one process (A/B,
    then B/A, ...), so a change in machine load hits both; MADE/MLP is the median over rounds
    of the ratio of adjacent blocks. Target: MADE/MLP >= ``TARGET_RATIO``. On the CPU the same
@@ -48,7 +49,7 @@ from made_core.allocator import keep_freed_memory
 from made_core.data import DatasetError, load_dataset, resolve_data_dir
 from made_core.evaluate import as_tensor, evaluate_nll
 from made_core.model import ACTIVATIONS, MADE
-from made_core.train import Trainer, TrainConfig, resolve_device
+from made_core.train import Trainer, TrainConfig, resolve_device, training_step
 
 TARGET_RATIO = 0.90
 INPUT_DIM = 784  # binarized MNIST
@@ -153,7 +154,7 @@ class BenchReport:
 class UnmaskedMLP(nn.Module):
     """The layers of a MADE, copied with their current weights, used without masks.
 
-    ``logits`` and ``training_mask_index`` mirror MADE's so the same training step drives both.
+    ``training_logits`` and ``zero_cut_weights_`` mirror MADE's so the same training step drives both.
     """
 
     def __init__(self, made: MADE) -> None:
@@ -172,8 +173,11 @@ class UnmaskedMLP(nn.Module):
             logits = logits + F.linear(x, self.direct_layer.weight)
         return logits
 
-    def training_mask_index(self, step: int) -> int:
-        return 0
+    def training_logits(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        return self.logits(x)
+
+    def zero_cut_weights_(self) -> None:
+        """Nothing is cut in an MLP."""
 
 
 # -- timing helpers ------------------------------------------------------------------
@@ -192,25 +196,20 @@ def train_block(
     steps: int,
     batch_size: int,
 ) -> torch.Tensor:
-    """Run ``steps`` training steps exactly as ``Trainer.run_epoch`` does; returns the summed loss.
+    """Run ``steps`` training steps as ``Trainer.run_epoch`` does; returns the summed loss.
 
-    Step s trains on minibatch ``s mod (len(order) // batch_size)`` of ``rows[order]`` under the
-    mask ``model.training_mask_index(s)``. The loss stays on the device (the Trainer syncs once
-    per epoch); the caller syncs once per block by reading it. This replicates the loop body of
-    ``Trainer.run_epoch`` (without its optional gradient clipping, off by default) because that
-    body is not a separate method; a test checks the two give bit-identical weights.
+    Step s is ``training_step`` on minibatch ``s mod (len(order) // batch_size)`` of
+    ``rows[order]``, after ``zero_cut_weights_()`` as at the start of an epoch. The loss stays on
+    the device (the Trainer syncs once per epoch); the caller syncs once per block by reading it.
+    A test checks that this and ``Trainer.run_epoch`` give bit-identical weights.
     """
     total_loss = torch.zeros((), device=rows.device, dtype=torch.float64)
     batches = len(order) // batch_size
+    model.zero_cut_weights_()
     for step in range(first_step, first_step + steps):
         start = (step % batches) * batch_size
         batch = rows[order[start : start + batch_size]]
-        logits = model.logits(batch, model.training_mask_index(step))
-        loss = F.binary_cross_entropy_with_logits(logits, batch, reduction="sum") / len(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.detach().double() * len(batch)
+        total_loss += training_step(model, optimizer, batch, step).double() * len(batch)  # type: ignore[arg-type]
     return total_loss
 
 

@@ -45,6 +45,10 @@ class MaskSet:
     output: torch.Tensor
     direct: torch.Tensor | None
 
+    def in_layer_order(self) -> tuple[torch.Tensor, ...]:
+        """The masks in the order of ``MADE.masked_layers()``: hidden layers, output, then direct."""
+        return (*self.hidden, self.output) + (() if self.direct is None else (self.direct,))
+
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "MaskSet":
         """The same masks on ``device``, in the weights' ``dtype`` (the ordering stays long)."""
         move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731

@@ -11,7 +11,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,37 @@ class MaskedWeights:
     hidden: tuple[torch.Tensor, ...]
     output: torch.Tensor
     direct: torch.Tensor | None
+
+    def in_layer_order(self) -> tuple[torch.Tensor, ...]:
+        """The weights in the order of ``MADE.masked_layers()``: hidden layers, output, then direct."""
+        return (*self.hidden, self.output) + (() if self.direct is None else (self.direct,))
+
+
+class _LinearWithMaskedGradient(torch.autograd.Function):
+    """``x @ weight.T + bias`` for a weight whose cut entries are already zero.
+
+    The forward pass uses the weight as it is; the backward pass multiplies the weight's
+    gradient by the mask, so an optimiser step leaves the cut entries at zero (a zero
+    gradient moves no zero weight in Adam, Adagrad, Adadelta or SGD, with or without L2
+    weight decay). Against ``F.linear(x, weight * mask)`` this saves one pass over the
+    weight and the mask per layer and step, with the same values and gradients.
+    Shapes: x (B, in), weight and mask (out, in), bias (out,) or None.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight, mask)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, mask = ctx.saved_tensors
+        grad_x = grad_output @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = (grad_output.t() @ x).mul_(mask) if ctx.needs_input_grad[1] else None
+        grad_bias = grad_output.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None
 
 
 def mask_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -101,6 +132,9 @@ class MADE(nn.Module):
         self.output_layer = nn.Linear(sizes[-1], self.input_dim)
         self.direct_layer = nn.Linear(self.input_dim, self.input_dim, bias=False) if direct_connection else None
         self._mask_cache: OrderedDict[int, MaskSet] = OrderedDict()
+        # Whether zero_cut_weights_() ran since weights were last loaded (training_logits needs it).
+        self._cut_weights_zeroed = False
+        self.register_load_state_dict_post_hook(MADE._weights_loaded)
 
     # -- construction and persistence ------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -150,6 +184,21 @@ class MADE(nn.Module):
         return range(n_masks)
 
     # -- the network ------------------------------------------------------------------
+    def masked_layers(self) -> tuple[nn.Linear, ...]:
+        """Every masked layer: the hidden layers in order, the output layer, then the direct layer."""
+        return (*self.hidden_layers, self.output_layer) + (() if self.direct_layer is None else (self.direct_layer,))
+
+    def _network(self, x: torch.Tensor, linear: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+        """(B, D) logits, where ``linear(input, i)`` applies masked layer i of ``masked_layers()``."""
+        act = ACTIVATIONS[self.activation]
+        hidden = x
+        for i in range(len(self.hidden_layers)):
+            hidden = act(linear(hidden, i))
+        logits = linear(hidden, len(self.hidden_layers))
+        if self.direct_layer is not None:
+            logits = logits + linear(x, len(self.hidden_layers) + 1)
+        return logits
+
     def _mask_weights(self, masks: MaskSet) -> MaskedWeights:
         direct = None if self.direct_layer is None else self.direct_layer.weight * masks.direct
         hidden = tuple(layer.weight * mask for layer, mask in zip(self.hidden_layers, masks.hidden))
@@ -161,14 +210,8 @@ class MADE(nn.Module):
 
     def logits_with(self, x: torch.Tensor, weights: MaskedWeights) -> torch.Tensor:
         """(B, D) logits computed with already-masked ``weights`` (see ``masked_weights``)."""
-        act = ACTIVATIONS[self.activation]
-        hidden = x
-        for layer, weight in zip(self.hidden_layers, weights.hidden):
-            hidden = act(F.linear(hidden, weight, layer.bias))
-        logits = F.linear(hidden, weights.output, self.output_layer.bias)
-        if weights.direct is not None:
-            logits = logits + F.linear(x, weights.direct)
-        return logits
+        layers, masked = self.masked_layers(), weights.in_layer_order()
+        return self._network(x, lambda inputs, i: F.linear(inputs, masked[i], layers[i].bias))
 
     def logits(self, x: torch.Tensor, mask_index: int | None = None) -> torch.Tensor:
         """(B, D) logits of p(x_d = 1 | x_<d) under mask ``mask_index`` (default 0)."""
@@ -176,6 +219,42 @@ class MADE(nn.Module):
 
     def forward(self, x: torch.Tensor, mask_index: int | None = None) -> torch.Tensor:
         return self.logits(x, mask_index)
+
+    # -- training ---------------------------------------------------------------------
+    @torch.no_grad()
+    def zero_cut_weights_(self) -> None:
+        """Set the weights that a fixed-mask model's (num_masks=1) mask cuts to zero.
+
+        The model computes the same function afterwards. ``training_logits`` relies on it; call
+        it again whenever anything but an optimiser step on training gradients has changed the
+        weights (the Trainer does at every epoch). A no-op for models with several masks,
+        whose masks cut different weights.
+        """
+        if self.num_masks == 1:
+            for layer, mask in zip(self.masked_layers(), self.masks(0).in_layer_order()):
+                layer.weight.mul_(mask)
+        self._cut_weights_zeroed = True
+
+    def training_logits(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """(B, D) logits for training minibatch number ``step``, under ``training_mask_index(step)``.
+
+        Same values and gradients as ``logits(x, training_mask_index(step))``. A fixed-mask
+        model skips its weight x mask products: after ``zero_cut_weights_()`` the cut weights
+        are zero and their gradients masked, so optimiser steps keep them zero.
+        """
+        if self.num_masks != 1:
+            return self.logits(x, self.training_mask_index(step))
+        if not self._cut_weights_zeroed:
+            raise RuntimeError("call zero_cut_weights_() before training_logits (and after loading weights)")
+        layers, masks = self.masked_layers(), self.masks(0).in_layer_order()
+        return self._network(
+            x, lambda inputs, i: _LinearWithMaskedGradient.apply(inputs, layers[i].weight, layers[i].bias, masks[i])
+        )
+
+    @staticmethod
+    def _weights_loaded(module: nn.Module, incompatible_keys: Any) -> None:
+        # Loaded weights may have nonzero cut entries (older checkpoints, other code).
+        module._cut_weights_zeroed = False
 
     @staticmethod
     def _log_likelihoods(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

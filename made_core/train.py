@@ -191,6 +191,25 @@ def fused_kernel_supported(optimizer: str, device: torch.device) -> bool:
     return device.type == "cpu" and optimizer in {"adam", "adagrad"} and torch.__version__ >= (2, 4)
 
 
+def training_step(
+    model: MADE, optimizer: torch.optim.Optimizer, batch: torch.Tensor, step: int, grad_clip: float | None = None
+) -> torch.Tensor:
+    """One update on ``batch`` (B, D) under the mask of training step ``step``; returns the
+    detached loss, the NLL in nats per example, on the device (no host sync).
+
+    Needs ``model.zero_cut_weights_()`` since anything but this function last changed the weights.
+    """
+    logits = model.training_logits(batch, step)
+    # Sum over dimensions, mean over examples: the NLL in nats per example.
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch, reduction="sum") / len(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
 @dataclass(frozen=True)
 class EpochResult:
     """What one epoch produced. NLLs are nats per example; validation uses the mask ensemble.
@@ -273,18 +292,13 @@ class Trainer:
         self.model.train()
         order = torch.randperm(len(self.train_rows), generator=self.shuffle_generator).to(self.device)
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        # Weights may have been loaded or edited since the last epoch (resume, hooks).
+        self.model.zero_cut_weights_()
         for batch_start in range(0, len(order), self.config.batch_size):
             batch = self.train_rows[order[batch_start : batch_start + self.config.batch_size]]
-            logits = self.model.logits(batch, self.model.training_mask_index(self.progress.step))
-            # Sum over dimensions, mean over examples: the NLL in nats per example.
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch, reduction="sum") / len(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            self.optimizer.step()
+            loss = training_step(self.model, self.optimizer, batch, self.progress.step, self.config.grad_clip)
             self.progress.step += 1
-            total_loss += loss.detach().double() * len(batch)
+            total_loss += loss.double() * len(batch)
         train_nll = float(total_loss) / len(order)  # one device sync per epoch, not per step
         self.progress.epoch += 1
         if not math.isfinite(train_nll):

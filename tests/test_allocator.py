@@ -54,11 +54,16 @@ glibc_only = pytest.mark.skipif(
 @glibc_only
 def test_training_steps_do_not_page_fault():
     in_force, faults_per_step = run_python(FAULTS_PER_STEP).split()
-    untuned_in_force, untuned_faults_per_step = run_python(FAULTS_PER_STEP, MADE_MALLOC_TUNING="0").split()
-    assert (in_force, untuned_in_force) == ("True", "False")
-    # Without the settings glibc faults in a fresh ~1.5 MB block every step (about 400 faults
-    # here, 10-20% of MADE's step time against an MLP); with them the heap is reused.
-    assert float(untuned_faults_per_step) > 100, untuned_faults_per_step
+    # Without the settings glibc usually faults in a fresh ~1.5 MB block every step (150-450
+    # faults here, 10-20% of MADE's step time against an MLP), but not in every process: it
+    # depends on the allocation history (one run in 9 gave 29). Up to 3 runs show the problem.
+    untuned = []
+    while len(untuned) < 3 and all(faults <= 100 for faults in untuned):
+        untuned_in_force, untuned_faults_per_step = run_python(FAULTS_PER_STEP, MADE_MALLOC_TUNING="0").split()
+        assert (in_force, untuned_in_force) == ("True", "False")
+        untuned.append(float(untuned_faults_per_step))
+    assert max(untuned) > 100, untuned
+    # With them the heap is reused.
     assert float(faults_per_step) < 50, faults_per_step
 
 

@@ -50,6 +50,84 @@ def test_autoregressive_property(num_masks, ordering, hidden_sizes, direct_conne
                 assert dependence[d, earlier].sum() > 0, f"logit {d} ignores every earlier input"
 
 
+@pytest.mark.parametrize("num_masks,ordering", CONNECTIVITIES)
+@pytest.mark.parametrize("direct_connection", [False, True])
+def test_training_logits_equal_logits_with_the_same_gradients(num_masks, ordering, direct_connection):
+    # A fixed-mask model trains with its cut weights at zero and no weight x mask products;
+    # values, weight gradients and input Jacobian (hence the autoregressive property) must
+    # be those of logits() under the step's mask.
+    torch.manual_seed(0)
+    model = MADE(7, (30, 25), num_masks, ordering, direct_connection, "tanh", seed=3).double()
+    x = torch.rand(5, 7, dtype=torch.float64)
+    before = model.log_prob(x)
+    model.zero_cut_weights_()
+    assert torch.allclose(model.log_prob(x), before, rtol=0, atol=1e-12), "zeroing cut weights changed the model"
+    for step in range(3):
+        mask_index = model.training_mask_index(step)
+        results = []
+        for compute in (lambda v: model.training_logits(v, step), lambda v: model.logits(v, mask_index)):
+            model.zero_grad()
+            logits = compute(x)
+            (logits * torch.linspace(-1, 1, 7, dtype=torch.float64)).sum().backward()
+            jacobian = torch.autograd.functional.jacobian(lambda row: compute(row[None])[0], x[0])
+            results.append((logits.detach(), [p.grad.clone() for p in model.parameters()], jacobian))
+        (fast_logits, fast_grads, fast_jacobian), (logits, grads, jacobian) = results
+        assert torch.allclose(fast_logits, logits, rtol=0, atol=1e-12)
+        assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(fast_grads, grads))
+        assert torch.equal(fast_jacobian == 0, jacobian == 0)
+        assert torch.allclose(fast_jacobian, jacobian, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-3),
+        lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-3, fused=True),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=1e-2),
+        lambda p: torch.optim.Adagrad(p, lr=1e-2, weight_decay=1e-3),
+        lambda p: torch.optim.Adadelta(p, lr=1.0, weight_decay=1e-3),
+        lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, weight_decay=1e-3),
+    ],
+    ids=["adam", "adam-fused", "adamw", "adagrad", "adadelta", "sgd-momentum"],
+)
+def test_fixed_mask_training_keeps_cut_weights_zero(make_optimizer):
+    from made_core.train import training_step
+
+    torch.manual_seed(0)
+    fast = MADE(8, (20, 16), 1, "random", direct_connection=True, seed=2).double()
+    reference = MADE(8, (20, 16), 1, "random", direct_connection=True, seed=2).double()
+    reference.load_state_dict(fast.state_dict())
+    fast.zero_cut_weights_()
+    fast_optimizer, reference_optimizer = make_optimizer(fast.parameters()), make_optimizer(reference.parameters())
+    rows = (torch.rand(64, 8, generator=torch.Generator().manual_seed(1)) < 0.4).double()
+    for step in range(30):
+        batch = rows[(step % 4) * 16 : (step % 4 + 1) * 16]
+        training_step(fast, fast_optimizer, batch, step, grad_clip=1.0)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(reference.logits(batch, 0), batch, reduction="sum") / 16
+        reference_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        reference_optimizer.step()
+    for fast_layer, reference_layer, mask in zip(fast.masked_layers(), reference.masked_layers(), fast.masks(0).in_layer_order()):
+        assert torch.all(fast_layer.weight[mask == 0] == 0), "an optimiser step moved a cut weight"
+        assert torch.allclose(fast_layer.weight * mask, reference_layer.weight * mask, rtol=0, atol=1e-10)
+    assert torch.allclose(fast.log_prob(rows), reference.log_prob(rows), rtol=0, atol=1e-9)
+
+
+def test_training_logits_need_zeroed_cut_weights():
+    model = MADE(6, (10,), num_masks=1)
+    x = torch.rand(3, 6)
+    with pytest.raises(RuntimeError, match="zero_cut_weights_"):
+        model.training_logits(x, 0)
+    model.zero_cut_weights_()
+    model.training_logits(x, 0)
+    model.load_state_dict(MADE(6, (10,), num_masks=1).state_dict())  # loaded weights may have cut entries
+    with pytest.raises(RuntimeError, match="zero_cut_weights_"):
+        model.training_logits(x, 0)
+    several = MADE(6, (10,), num_masks=3)
+    assert torch.equal(several.training_logits(x, 4), several.logits(x, 1))  # step 4 uses mask 4 mod 3
+
+
 def test_masks_follow_paper_degree_rules():
     dim, hidden = 9, (20, 15)
     masks = make_masks(dim, hidden, "agnostic", seed=1, mask_index=2, direct_connection=True)
@@ -195,6 +273,27 @@ def test_bool_masks_give_the_same_model(monkeypatch):
     position[order] = torch.arange(9)
     allowed = position[None, :] < position[:, None]  # logit d may depend on x_j iff j comes before d
     assert torch.all(jacobian[~allowed] == 0)
+
+
+def test_fixed_mask_training_path_with_bool_masks(monkeypatch):
+    # On CUDA masks are bool: zeroing cut weights and masking gradients must work with them.
+    import made_core.model as model_module
+
+    x = (torch.rand(5, 9, generator=torch.Generator().manual_seed(1)) < 0.5).double()
+    results = {}
+    for dtype_rule in ("float", "bool"):
+        if dtype_rule == "bool":
+            monkeypatch.setattr(model_module, "mask_dtype", lambda weight: torch.bool)
+        torch.manual_seed(0)
+        model = MADE(9, (20, 15), num_masks=1, ordering="random", direct_connection=True, seed=3).double()
+        model.zero_cut_weights_()
+        logits = model.training_logits(x, 0)
+        logits.sum().backward()
+        results[dtype_rule] = (logits.detach(), [p.detach().clone() for p in model.parameters()], [p.grad.clone() for p in model.parameters()])
+    for float_tensors, bool_tensors in zip(results["float"], results["bool"]):
+        if isinstance(float_tensors, torch.Tensor):
+            float_tensors, bool_tensors = [float_tensors], [bool_tensors]
+        assert all(torch.equal(a, b) for a, b in zip(float_tensors, bool_tensors))
 
 
 def test_samples_follow_model_distribution():
