@@ -29,9 +29,8 @@ from made_core.masks import MASK_SAMPLING, ORDERINGS
 from made_core.model import ACTIVATIONS, MADE
 
 OPTIMIZERS = ("adam", "adagrad", "adadelta", "sgd")
-# Default ensemble sizes: validation runs every epoch, so it uses fewer masks than the test.
+# Validation runs every epoch, so it uses fewer masks than the test (see choose_test_masks).
 DEFAULT_VALID_MASKS = 8
-DEFAULT_TEST_MASKS = 32
 # A mask-sampling model can be averaged over any number of masks, and more masks cost only
 # evaluation time; its test ensemble is the size among these with the lowest validation NLL
 # (on dna: validation 80.04 / 79.67 / 79.38 / 79.15 with 32 / 64 / 128 / 256 masks).
@@ -120,11 +119,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(unknown)}")
         return cls(**values)
-
-
-def default_test_masks(num_masks: int) -> int:
-    """The test-time ensemble: all K masks of a cycled model, 32 for mask sampling."""
-    return DEFAULT_TEST_MASKS if num_masks == MASK_SAMPLING else num_masks
 
 
 def check_test_masks(requested: int | None, num_masks: int, name: str = "test masks") -> None:
@@ -333,10 +327,10 @@ class Trainer:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
 
-    def evaluate(self, data: np.ndarray | torch.Tensor, n_masks: int | None = None) -> NLL:
-        """NLL of ``data`` under the current weights with an ``n_masks`` ensemble (default: the test ensemble)."""
-        masks = default_test_masks(self.config.num_masks) if n_masks is None else n_masks
-        return evaluate_nll(self.model, data, masks, self.config.eval_batch_size)
+    def evaluate(self, data: np.ndarray | torch.Tensor, n_masks: int) -> NLL:
+        """NLL of ``data`` under the current weights with an ``n_masks`` ensemble. The test
+        ensemble's size is chosen on validation data: see ``choose_test_masks``."""
+        return evaluate_nll(self.model, data, n_masks, self.config.eval_batch_size)
 
     # -- checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
