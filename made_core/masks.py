@@ -90,23 +90,34 @@ def build_masks(
     hidden_sizes: Sequence[int],
     generator: torch.Generator,
     direct_connection: bool = False,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> MaskSet:
-    """Draw hidden degrees and build every mask for one ordering (paper Eq. 12-13)."""
+    """Draw hidden degrees and build every mask for one ordering (paper Eq. 12-13).
+
+    Degrees are drawn on the CPU from ``generator``, so the masks do not depend on the device;
+    the masks are written straight into ``dtype`` on ``device``, with no intermediate copy.
+    """
     input_dim = order.numel()
     if input_dim < 2:
         raise ValueError("MADE needs at least 2 input dimensions")
+
+    def compare(compare_fn, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        mask = torch.empty(rows.numel(), columns.numel(), device=device, dtype=dtype)
+        return compare_fn(rows.to(device)[:, None], columns.to(device)[None, :], out=mask)
+
     previous = input_degrees(order)
     hidden_masks = []
     for size in hidden_sizes:
         low = int(previous.min())
         # Degrees below D-1's ceiling: a unit of degree D would feed no output.
         degrees = torch.randint(low, input_dim, (size,), generator=generator)
-        hidden_masks.append((degrees[:, None] >= previous[None, :]).float())
+        hidden_masks.append(compare(torch.ge, degrees, previous))
         previous = degrees
     output_degrees = input_degrees(order)
-    output_mask = (output_degrees[:, None] > previous[None, :]).float()
-    direct = (output_degrees[:, None] > output_degrees[None, :]).float() if direct_connection else None
-    return MaskSet(order, tuple(hidden_masks), output_mask, direct)
+    output_mask = compare(torch.gt, output_degrees, previous)
+    direct = compare(torch.gt, output_degrees, output_degrees) if direct_connection else None
+    return MaskSet(order.to(device), tuple(hidden_masks), output_mask, direct)
 
 
 def make_masks(
@@ -116,8 +127,10 @@ def make_masks(
     seed: int,
     mask_index: int,
     direct_connection: bool = False,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> MaskSet:
-    """Mask number ``mask_index`` of a model: a pure function of its arguments (CPU tensors)."""
+    """Mask number ``mask_index`` of a model: a pure function of its arguments, on ``device`` in ``dtype``."""
     order = make_ordering(ordering, input_dim, seed, mask_index)
-    return build_masks(order, hidden_sizes, mask_generator(seed, mask_index), direct_connection)
+    return build_masks(order, hidden_sizes, mask_generator(seed, mask_index), direct_connection, device, dtype)
 

@@ -20,8 +20,9 @@ from torch import nn
 from made_core.masks import MASK_SAMPLING, ORDERINGS, MaskSet, build_masks, make_masks, mask_generator
 
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
-# Fresh-mask models see unboundedly many mask indices; keep only the newest on device, up to
-# this many bytes of masks (at least one mask set).
+# A mask-sampling model can be asked for any mask index (ensembles of any size); keep only the
+# newest on device, up to this many bytes of masks (at least one mask set). Its training masks,
+# each used once, are never cached.
 _SAMPLED_MASK_CACHE_BYTES = 1 << 30
 # Mask indices for conditionals live far from training indices so they never collide.
 _CONDITIONAL_MASK_OFFSET = 1 << 40
@@ -154,17 +155,22 @@ class MADE(nn.Module):
         return self.output_layer.weight.device
 
     # -- masks ------------------------------------------------------------------------
-    def masks(self, mask_index: int) -> MaskSet:
-        """The masks of ``mask_index`` on the model's device, built once and cached."""
+    def _build_masks(self, mask_index: int) -> MaskSet:
+        """The masks of ``mask_index``, built afresh on the model's device (see ``masks``)."""
         if self.num_masks != MASK_SAMPLING and not 0 <= mask_index < self.num_masks:
             raise ValueError(f"mask_index {mask_index} out of range for a model with {self.num_masks} masks")
+        weight = self.output_layer.weight
+        return make_masks(
+            self.input_dim, self.hidden_sizes, self.ordering, self.seed, mask_index, self.direct_connection,
+            weight.device, mask_dtype(weight),
+        )  # fmt: skip
+
+    def masks(self, mask_index: int) -> MaskSet:
+        """The masks of ``mask_index`` on the model's device, built once and cached."""
         cached = self._mask_cache.get(mask_index)
         weight = self.output_layer.weight
-        dtype = mask_dtype(weight)
-        if cached is None or cached.output.device != weight.device or cached.output.dtype != dtype:
-            cached = make_masks(
-                self.input_dim, self.hidden_sizes, self.ordering, self.seed, mask_index, self.direct_connection
-            ).to(weight.device, dtype)
+        if cached is None or cached.output.device != weight.device or cached.output.dtype != mask_dtype(weight):
+            cached = self._build_masks(mask_index)
             self._mask_cache[mask_index] = cached
             if self.num_masks == MASK_SAMPLING:
                 budget = max(_SAMPLED_MASK_CACHE_BYTES // _nbytes(cached), 1)
@@ -242,6 +248,10 @@ class MADE(nn.Module):
         model skips its weight x mask products: after ``zero_cut_weights_()`` the cut weights
         are zero and their gradients masked, so optimiser steps keep them zero.
         """
+        if self.num_masks == MASK_SAMPLING:
+            # Each training mask is used once: build it without caching it, which would push
+            # the evaluation ensemble's masks out and keep claiming fresh memory.
+            return self.logits_with(x, self._mask_weights(self._build_masks(self.training_mask_index(step))))
         if self.num_masks != 1:
             return self.logits(x, self.training_mask_index(step))
         if not self._cut_weights_zeroed:
@@ -316,7 +326,7 @@ class MADE(nn.Module):
                 ]
             )
             weight = self.output_layer.weight
-            masks = build_masks(order, self.hidden_sizes, generator, self.direct_connection).to(weight.device, mask_dtype(weight))
+            masks = build_masks(order, self.hidden_sizes, generator, self.direct_connection, weight.device, mask_dtype(weight))
             log_likelihoods = self._log_likelihoods(self.logits_with(x, self._mask_weights(masks)), x)
             per_mask.append(log_likelihoods[:, missing.to(self.device)].sum(dim=1))
         return ensemble_log_prob(torch.stack(per_mask))

@@ -49,7 +49,7 @@ def test_quick_run_reports_both_sections(tmp_path, capsys):
 
     report = json.loads(json_path.read_text())
     configurations = [(tuple(row["hidden_sizes"]), row["num_masks"]) for row in report["training"]]
-    assert configurations == [((500,), 1), ((500,), 32), ((500, 500), 1), ((500, 500), 32)]
+    assert configurations == [((500,), 1), ((500,), 32), ((500,), 0), ((500, 500), 1), ((500, 500), 32), ((500, 500), 0)]
     for row in report["training"]:
         for key in ("ratio", "cpu_time_ratio", "made_examples_per_second", "mlp_examples_per_second"):
             assert _finite_positive(row[key]), (key, row)
@@ -60,8 +60,10 @@ def test_quick_run_reports_both_sections(tmp_path, capsys):
                     "ensemble_gflops_per_second", "dense_gflops_per_second"):  # fmt: skip
             assert _finite_positive(row[key]), (key, row)
         assert math.isfinite(row["nll"])
-    # The table shows one verdict per training row and the figures it was computed from.
+    # The table shows a verdict for each row with a target (1 and 32 masks; mask sampling has
+    # none) and the figures it was computed from.
     assert sum(out.count(word) for word in ("PASS", "MISS")) == 4
+    assert out.count(" fresh ") == 2
     assert f"{report['training'][0]['ratio']:.3f}" in out
 
 

@@ -114,6 +114,17 @@ def test_fixed_mask_training_keeps_cut_weights_zero(make_optimizer):
     assert torch.allclose(fast.log_prob(rows), reference.log_prob(rows), rtol=0, atol=1e-9)
 
 
+def test_mask_sampling_training_masks_are_not_cached():
+    # Each training mask of a mask-sampling model is used once; caching it would evict the
+    # evaluation ensemble's masks and claim fresh memory every step.
+    model = MADE(6, (10,), num_masks=MASK_SAMPLING, ordering="agnostic")
+    x = torch.rand(3, 6)
+    ensemble = model.masks(0)
+    for step in range(5):
+        model.training_logits(x, step)
+    assert list(model._mask_cache) == [0] and model.masks(0) is ensemble
+
+
 def test_training_logits_need_zeroed_cut_weights():
     model = MADE(6, (10,), num_masks=1)
     x = torch.rand(3, 6)
