@@ -85,6 +85,44 @@ def input_degrees(order: torch.Tensor) -> torch.Tensor:
     return degrees
 
 
+@dataclass(frozen=True)
+class LayerDegrees:
+    """The connectivity of one masked layer as degrees: row r (a unit or output) sees column c
+    (an input to the layer) when ``rows[r] >= columns[c]``, or ``>`` when ``strict``."""
+
+    rows: torch.Tensor  # (out_features,) long
+    columns: torch.Tensor  # (in_features,) long
+    strict: bool
+
+    def mask(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(out_features, in_features) 0/1 mask in ``dtype`` on ``device``, written with no intermediate copy."""
+        compare = torch.gt if self.strict else torch.ge
+        mask = torch.empty(self.rows.numel(), self.columns.numel(), device=device, dtype=dtype)
+        return compare(self.rows.to(device)[:, None], self.columns.to(device)[None, :], out=mask)
+
+
+def draw_degrees(
+    order: torch.Tensor, hidden_sizes: Sequence[int], generator: torch.Generator, direct_connection: bool = False
+) -> tuple[LayerDegrees, ...]:
+    """Draw the hidden degrees for one ordering; one ``LayerDegrees`` per masked layer, in the
+    order hidden layers, output, then direct (paper Eq. 12-13)."""
+    input_dim = order.numel()
+    if input_dim < 2:
+        raise ValueError("MADE needs at least 2 input dimensions")
+    inputs = input_degrees(order)
+    layers, previous = [], inputs
+    for size in hidden_sizes:
+        low = int(previous.min())
+        # Degrees below D-1's ceiling: a unit of degree D would feed no output.
+        degrees = torch.randint(low, input_dim, (size,), generator=generator)
+        layers.append(LayerDegrees(degrees, previous, strict=False))
+        previous = degrees
+    layers.append(LayerDegrees(inputs, previous, strict=True))
+    if direct_connection:
+        layers.append(LayerDegrees(inputs, inputs, strict=True))
+    return tuple(layers)
+
+
 def build_masks(
     order: torch.Tensor,
     hidden_sizes: Sequence[int],
@@ -96,28 +134,19 @@ def build_masks(
     """Draw hidden degrees and build every mask for one ordering (paper Eq. 12-13).
 
     Degrees are drawn on the CPU from ``generator``, so the masks do not depend on the device;
-    the masks are written straight into ``dtype`` on ``device``, with no intermediate copy.
+    the masks are written straight into ``dtype`` on ``device``.
     """
-    input_dim = order.numel()
-    if input_dim < 2:
-        raise ValueError("MADE needs at least 2 input dimensions")
+    masks = [layer.mask(device, dtype) for layer in draw_degrees(order, hidden_sizes, generator, direct_connection)]
+    depth = len(hidden_sizes)
+    return MaskSet(order.to(device), tuple(masks[:depth]), masks[depth], masks[depth + 1] if direct_connection else None)
 
-    def compare(compare_fn, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-        mask = torch.empty(rows.numel(), columns.numel(), device=device, dtype=dtype)
-        return compare_fn(rows.to(device)[:, None], columns.to(device)[None, :], out=mask)
 
-    previous = input_degrees(order)
-    hidden_masks = []
-    for size in hidden_sizes:
-        low = int(previous.min())
-        # Degrees below D-1's ceiling: a unit of degree D would feed no output.
-        degrees = torch.randint(low, input_dim, (size,), generator=generator)
-        hidden_masks.append(compare(torch.ge, degrees, previous))
-        previous = degrees
-    output_degrees = input_degrees(order)
-    output_mask = compare(torch.gt, output_degrees, previous)
-    direct = compare(torch.gt, output_degrees, output_degrees) if direct_connection else None
-    return MaskSet(order.to(device), tuple(hidden_masks), output_mask, direct)
+def make_degrees(
+    input_dim: int, hidden_sizes: Sequence[int], ordering: str, seed: int, mask_index: int, direct_connection: bool = False
+) -> tuple[LayerDegrees, ...]:
+    """The degrees behind ``make_masks`` with the same arguments (CPU tensors)."""
+    order = make_ordering(ordering, input_dim, seed, mask_index)
+    return draw_degrees(order, hidden_sizes, mask_generator(seed, mask_index), direct_connection)
 
 
 def make_masks(

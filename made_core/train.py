@@ -25,6 +25,7 @@ import torch
 
 from made_core.allocator import keep_freed_memory
 from made_core.evaluate import NLL, as_tensor, ensemble_nlls, evaluate_nll
+from made_core.fused_adam import MaskedAdam, masked_adam_applies
 from made_core.masks import MASK_SAMPLING, ORDERINGS
 from made_core.model import ACTIVATIONS, MADE
 
@@ -193,7 +194,8 @@ def training_step(
 
     Needs ``model.zero_cut_weights_()`` since anything but this function last changed the weights.
     """
-    logits = model.training_logits(batch, step)
+    # MaskedAdam masks the gradients itself and prepares the masked weights of the next step.
+    logits = optimizer.training_logits(batch, step) if isinstance(optimizer, MaskedAdam) else model.training_logits(batch, step)
     # Sum over dimensions, mean over examples: the NLL in nats per example.
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch, reduction="sum") / len(batch)
     optimizer.zero_grad(set_to_none=True)
@@ -264,6 +266,8 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c, parameters = self.config, self.model.parameters()
         fused = fused_kernel_supported(c.optimizer, self.device) or None  # None: torch's default kernel
+        if c.optimizer == "adam" and masked_adam_applies(self.model, self.device, c.grad_clip):
+            return MaskedAdam(self.model, lr=c.learning_rate, weight_decay=c.weight_decay)
         if c.optimizer == "adam":
             return torch.optim.Adam(parameters, lr=c.learning_rate, weight_decay=c.weight_decay, fused=fused)
         if c.optimizer == "adagrad":
