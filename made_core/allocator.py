@@ -35,6 +35,11 @@ _M_MMAP_THRESHOLD = -3
 _applied: bool | None = None
 
 
+def opted_out(variable: str) -> bool:
+    """Whether environment ``variable`` turns a made_core optimisation off (0, false, no or off)."""
+    return os.environ.get(variable, "1").strip().lower() in {"0", "false", "no", "off"}
+
+
 def keep_freed_memory() -> bool:
     """Apply the malloc settings above once per process; True when they are in force."""
     global _applied
@@ -44,7 +49,7 @@ def keep_freed_memory() -> bool:
 
 
 def _apply() -> bool:
-    if os.environ.get(OPT_OUT_VARIABLE, "1").strip().lower() in {"0", "false", "no", "off"}:
+    if opted_out(OPT_OUT_VARIABLE):
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -26,8 +26,9 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from made_core.allocator import opted_out
 from made_core.masks import MASK_SAMPLING, LayerDegrees, make_degrees
-from made_core.model import MADE
+from made_core.model import MADE, training_linear
 
 OPT_OUT_VARIABLE = "MADE_FUSED_ADAM"
 
@@ -172,35 +173,13 @@ def load_kernels() -> Any:
 def masked_adam_applies(model: MADE, device: torch.device, grad_clip: float | None) -> bool:
     """Whether ``MaskedAdam`` can train ``model``: several masks (or mask sampling), float32 on the
     CPU, no gradient clipping (its norm needs the masked gradients), not opted out, kernels built."""
-    if os.environ.get(OPT_OUT_VARIABLE, "1").strip().lower() in {"0", "false", "no", "off"}:
+    if opted_out(OPT_OUT_VARIABLE):
         return False
     if model.num_masks == 1 or device.type != "cpu" or grad_clip is not None:
         return False
     if any(parameter.dtype != torch.float32 for parameter in model.parameters()):
         return False
     return load_kernels() is not None
-
-
-class _LinearWithPreparedWeight(torch.autograd.Function):
-    """``x @ masked_weight.T + bias`` whose weight gradient is *unmasked*: ``MaskedAdam`` masks it.
-
-    Shapes: x (B, in), weight and masked_weight (out, in), bias (out,) or None.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, masked_weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, masked_weight)
-        ctx.has_bias = bias is not None
-        return torch.nn.functional.linear(x, masked_weight, bias)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, masked_weight = ctx.saved_tensors
-        grad_x = grad_output @ masked_weight if ctx.needs_input_grad[0] else None
-        grad_weight = grad_output.t() @ x if ctx.needs_input_grad[1] else None
-        grad_bias = grad_output.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias, None
 
 
 _Degrees = tuple[tuple[torch.Tensor, torch.Tensor, float], ...]  # per masked layer: rows, columns, shift
@@ -255,10 +234,7 @@ class MaskedAdam(torch.optim.Optimizer):
         masked = self._masked_weights(step, degrees)
         self._current = (step, degrees)
         layers = self.model.masked_layers()
-        linear: Callable[[torch.Tensor, int], torch.Tensor] = lambda inputs, i: _LinearWithPreparedWeight.apply(  # noqa: E731
-            inputs, layers[i].weight, layers[i].bias, masked[i]
-        )
-        return self.model._network(x, linear)
+        return self.model._network(x, lambda inputs, i: training_linear(inputs, layers[i].weight, layers[i].bias, masked[i], None))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]

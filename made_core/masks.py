@@ -20,7 +20,7 @@ mask on every machine and after every restart.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence, TypeVar
 
 import torch
 
@@ -30,6 +30,14 @@ ORDERINGS: tuple[str, ...] = ("natural", "random", "agnostic")
 # num_masks == MASK_SAMPLING means a fresh mask every minibatch (the paper's
 # "mask sampling"); num_masks >= 1 means that many masks cycled one per minibatch.
 MASK_SAMPLING = 0
+
+
+LayerItem = TypeVar("LayerItem")
+
+
+def in_layer_order(hidden: Iterable[LayerItem], output: LayerItem, direct: LayerItem | None) -> tuple[LayerItem, ...]:
+    """One item (mask, weight or layer) per masked layer in the order of ``MADE.masked_layers()``: hidden layers, output, then direct."""
+    return (*hidden, output) + (() if direct is None else (direct,))
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,8 @@ class MaskSet:
     direct: torch.Tensor | None
 
     def in_layer_order(self) -> tuple[torch.Tensor, ...]:
-        """The masks in the order of ``MADE.masked_layers()``: hidden layers, output, then direct."""
-        return (*self.hidden, self.output) + (() if self.direct is None else (self.direct,))
+        """The masks in the order of ``MADE.masked_layers()``."""
+        return in_layer_order(self.hidden, self.output, self.direct)
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "MaskSet":
         """The same masks on ``device``, in the weights' ``dtype`` (the ordering stays long)."""

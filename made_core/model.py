@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from made_core.masks import MASK_SAMPLING, ORDERINGS, MaskSet, build_masks, make_masks, mask_generator
+from made_core.masks import MASK_SAMPLING, ORDERINGS, MaskSet, build_masks, in_layer_order, make_masks, mask_generator
 
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
 # A mask-sampling model can be asked for any mask index (ensembles of any size); keep only the
@@ -44,35 +44,49 @@ class MaskedWeights:
     direct: torch.Tensor | None
 
     def in_layer_order(self) -> tuple[torch.Tensor, ...]:
-        """The weights in the order of ``MADE.masked_layers()``: hidden layers, output, then direct."""
-        return (*self.hidden, self.output) + (() if self.direct is None else (self.direct,))
+        """The weights in the order of ``MADE.masked_layers()``."""
+        return in_layer_order(self.hidden, self.output, self.direct)
 
 
-class _LinearWithMaskedGradient(torch.autograd.Function):
-    """``x @ weight.T + bias`` for a weight whose cut entries are already zero.
-
-    The forward pass uses the weight as it is; the backward pass multiplies the weight's
-    gradient by the mask, so an optimiser step leaves the cut entries at zero (a zero
-    gradient moves no zero weight in Adam, Adagrad, Adadelta or SGD, with or without L2
-    weight decay). Against ``F.linear(x, weight * mask)`` this saves one pass over the
-    weight and the mask per layer and step, with the same values and gradients.
-    Shapes: x (B, in), weight and mask (out, in), bias (out,) or None.
-    """
+class _TrainingLinear(torch.autograd.Function):
+    """``x @ used_weight.T + bias`` whose gradient goes to ``weight``: ``x.T @ grad``, times
+    ``gradient_mask`` when one is given. See ``training_linear``."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight, mask)
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, used_weight: torch.Tensor,
+        gradient_mask: torch.Tensor | None,
+    ) -> torch.Tensor:  # fmt: skip
+        ctx.save_for_backward(x, used_weight, gradient_mask)
         ctx.has_bias = bias is not None
-        return F.linear(x, weight, bias)
+        return F.linear(x, used_weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, mask = ctx.saved_tensors
-        grad_x = grad_output @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = (grad_output.t() @ x).mul_(mask) if ctx.needs_input_grad[1] else None
+        x, used_weight, gradient_mask = ctx.saved_tensors
+        grad_x = grad_output @ used_weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad_output.t() @ x if ctx.needs_input_grad[1] else None
+        if grad_weight is not None and gradient_mask is not None:
+            grad_weight.mul_(gradient_mask)
         grad_bias = grad_output.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias, None
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+def training_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, used_weight: torch.Tensor,
+    gradient_mask: torch.Tensor | None,
+) -> torch.Tensor:  # fmt: skip
+    """A masked layer's output for training, computed with ``used_weight``, a masked copy of
+    ``weight`` or ``weight`` itself, with no weight x mask product in the step.
+
+    The gradient goes to ``weight``, times ``gradient_mask`` when given. A fixed-mask model
+    passes its weight with the cut entries already zero and its mask: a zero gradient moves no
+    zero weight in Adam, Adagrad, Adadelta or SGD (with or without L2 weight decay), so they stay
+    zero. ``MaskedAdam`` passes the masked weight it prepared and no mask: it masks the gradient
+    itself. Shapes: x (B, in), weight, used_weight and gradient_mask (out, in), bias (out,) or None.
+    """
+    return _TrainingLinear.apply(x, weight, bias, used_weight, gradient_mask)
 
 
 def mask_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -192,7 +206,7 @@ class MADE(nn.Module):
     # -- the network ------------------------------------------------------------------
     def masked_layers(self) -> tuple[nn.Linear, ...]:
         """Every masked layer: the hidden layers in order, the output layer, then the direct layer."""
-        return (*self.hidden_layers, self.output_layer) + (() if self.direct_layer is None else (self.direct_layer,))
+        return in_layer_order(self.hidden_layers, self.output_layer, self.direct_layer)
 
     def _network(self, x: torch.Tensor, linear: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
         """(B, D) logits, where ``linear(input, i)`` applies masked layer i of ``masked_layers()``."""
@@ -258,7 +272,7 @@ class MADE(nn.Module):
             raise RuntimeError("call zero_cut_weights_() before training_logits (and after loading weights)")
         layers, masks = self.masked_layers(), self.masks(0).in_layer_order()
         return self._network(
-            x, lambda inputs, i: _LinearWithMaskedGradient.apply(inputs, layers[i].weight, layers[i].bias, masks[i])
+            x, lambda inputs, i: training_linear(inputs, layers[i].weight, layers[i].bias, layers[i].weight, masks[i])
         )
 
     @staticmethod

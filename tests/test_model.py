@@ -260,24 +260,35 @@ def test_sampled_mask_cache_is_bounded_in_bytes(monkeypatch):
     assert list(model._mask_cache) == [20]
 
 
+def with_float_then_bool_masks(monkeypatch, run):
+    """``run(mask_dtype)`` with the CPU's float masks, then with CUDA's bool masks forced on the
+    CPU, each after ``torch.manual_seed(0)`` so that both build the same initial weights."""
+    import made_core.model as model_module
+
+    results = []
+    for dtype in (torch.float64, torch.bool):
+        if dtype is torch.bool:
+            monkeypatch.setattr(model_module, "mask_dtype", lambda weight: torch.bool)
+        torch.manual_seed(0)
+        results.append(run(dtype))
+    return results
+
+
 def test_bool_masks_give_the_same_model(monkeypatch):
     # CUDA caches masks as bool; force that path on the CPU: identical logits and gradients,
     # and still autoregressive.
-    import made_core.model as model_module
-
     x = (torch.rand(5, 9, generator=torch.Generator().manual_seed(1)) < 0.5).double()
-    results = {}
-    for dtype_rule in ("float", "bool"):
-        if dtype_rule == "bool":
-            monkeypatch.setattr(model_module, "mask_dtype", lambda weight: torch.bool)
-        torch.manual_seed(0)  # the same initial weights for both
+
+    def run(dtype):
         model = MADE(9, (20, 15), num_masks=3, ordering="agnostic", direct_connection=True, seed=3).double()
-        assert model.masks(1).output.dtype == (torch.bool if dtype_rule == "bool" else torch.float64)
+        assert model.masks(1).output.dtype == dtype
         logits = model.logits(x, 1)
         logits.sum().backward()
-        results[dtype_rule] = (logits.detach(), [p.grad.clone() for p in model.parameters()])
-    assert torch.equal(results["float"][0], results["bool"][0])
-    assert all(torch.equal(a, b) for a, b in zip(results["float"][1], results["bool"][1]))
+        return model, logits.detach(), [p.grad.clone() for p in model.parameters()]
+
+    (_, float_logits, float_grads), (model, bool_logits, bool_grads) = with_float_then_bool_masks(monkeypatch, run)
+    assert torch.equal(float_logits, bool_logits)
+    assert all(torch.equal(a, b) for a, b in zip(float_grads, bool_grads))
     jacobian = torch.autograd.functional.jacobian(lambda row: model.logits(row[None], 1)[0], x[0])
     order = model.masks(1).order
     position = torch.empty_like(order)
@@ -288,23 +299,18 @@ def test_bool_masks_give_the_same_model(monkeypatch):
 
 def test_fixed_mask_training_path_with_bool_masks(monkeypatch):
     # On CUDA masks are bool: zeroing cut weights and masking gradients must work with them.
-    import made_core.model as model_module
-
     x = (torch.rand(5, 9, generator=torch.Generator().manual_seed(1)) < 0.5).double()
-    results = {}
-    for dtype_rule in ("float", "bool"):
-        if dtype_rule == "bool":
-            monkeypatch.setattr(model_module, "mask_dtype", lambda weight: torch.bool)
-        torch.manual_seed(0)
+
+    def run(dtype):
         model = MADE(9, (20, 15), num_masks=1, ordering="random", direct_connection=True, seed=3).double()
+        assert model.masks(0).output.dtype == dtype
         model.zero_cut_weights_()
         logits = model.training_logits(x, 0)
         logits.sum().backward()
-        results[dtype_rule] = (logits.detach(), [p.detach().clone() for p in model.parameters()], [p.grad.clone() for p in model.parameters()])
-    for float_tensors, bool_tensors in zip(results["float"], results["bool"]):
-        if isinstance(float_tensors, torch.Tensor):
-            float_tensors, bool_tensors = [float_tensors], [bool_tensors]
-        assert all(torch.equal(a, b) for a, b in zip(float_tensors, bool_tensors))
+        return [logits.detach()] + [p.detach().clone() for p in model.parameters()] + [p.grad.clone() for p in model.parameters()]
+
+    float_run, bool_run = with_float_then_bool_masks(monkeypatch, run)
+    assert all(torch.equal(a, b) for a, b in zip(float_run, bool_run, strict=True))
 
 
 def test_samples_follow_model_distribution():
