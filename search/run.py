@@ -270,8 +270,14 @@ def check_cluster(plan: Any, shared_storage: bool) -> int:
 
 
 # -- the sweep --------------------------------------------------------------------------
+def _utc_iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
 def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: float, data: Any) -> dict[str, Any]:
-    wall = float(previous.get("wall_seconds", 0.0)) + (time.monotonic() - started)
+    """experiment.json's fields. ``started`` is this run's ``time.time()`` at its start: the
+    sweep's start unless it resumes an earlier one, whose ``started_at`` is kept."""
+    wall = float(previous.get("wall_seconds", 0.0)) + (time.time() - started)
     this_command = shlex.join([sys.executable, "-m", "search.run", *sys.argv[1:]])
     info = {
         "experiment": plan.name,
@@ -281,8 +287,8 @@ def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: 
         "num_samples": plan.num_samples,
         "max_epochs": plan.max_epochs,
         "status": status,
-        "started_at": previous.get("started_at") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds") if status != "running" else None,
+        "started_at": previous.get("started_at") or _utc_iso(started),
+        "finished_at": _utc_iso(time.time()) if status != "running" else None,
         "wall_seconds": round(wall, 1),
         "num_trials": previous.get("num_trials", 0),
         # The command that started the sweep; later --resume commands are listed after it.
@@ -306,7 +312,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     from search.storage import STUDY_UPLOAD_SECONDS, PeriodicUpload, remove_stale_staging
     from search.tuner import ProgressPrinter, make_trainable, make_tuner, restore_tuner
 
-    started = time.monotonic()
+    started = time.time()
     folder = experiment_folder(plan, args)
     # Where the driver writes: the experiment folder itself, or for a URI its local staging
     # folder, published to the URI at the points the local version writes.

@@ -60,6 +60,8 @@ def test_sweep_writes_results_and_study(tmp_path, ray_env):
     assert (Path(best["checkpoint_path"]) / "model.pt").exists()
     info = json.loads((experiment / schema.EXPERIMENT_FILE).read_text())
     assert info["status"] == "finished" and info["num_trials"] == 4 and info["wall_seconds"] > 0
+    # ISO 8601 UTC strings of one format compare in time order.
+    assert info["started_at"] < info["finished_at"]
     # The Optuna study lives in SQLite inside the experiment, readable by optuna-dashboard.
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{experiment / schema.STUDY_FILE}")
     assert len(study.trials) == 4
@@ -141,6 +143,7 @@ def test_resume_after_driver_killed_loses_nothing(tmp_path, ray_env):
     assert len(complete) >= 6
     info = json.loads((experiment / schema.EXPERIMENT_FILE).read_text())
     assert info["status"] == "finished" and info["resumes"] == 1 and info["num_trials"] == 6
+    assert info["started_at"] < info["finished_at"]
     assert "--resume" not in info["command"] and "--resume" in info["resume_commands"][0]
     assert json.loads((experiment / schema.BEST_FILE).read_text())["trial_id"] in set(trials["trial_id"])
 
