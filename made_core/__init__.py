@@ -1,29 +1,28 @@
 """made_core: a correct, fast MADE (Germain et al. 2015) in PyTorch, with data, training and evaluation.
 
 No Ray and no Optuna here: everything needed to train and evaluate one model.
+
+The names below are imported on first use, so that light modules (``made_core.files``)
+import without torch, and ``python -m made_core.train`` does not run a module already in
+``sys.modules`` (runpy warns about exactly that).
 """
 
+from importlib import import_module
 from typing import Any
 
-from made_core.data import DATASETS, DatasetError, Splits, canonical_name, load_dataset
-from made_core.evaluate import NLL, evaluate_nll
-from made_core.masks import MASK_SAMPLING, ORDERINGS, make_masks
-from made_core.model import MADE, load_model, save_model
-
-# Imported on first use: importing made_core.train here would make `python -m made_core.train`
-# run a module that is already in sys.modules (runpy warns about exactly that).
-_TRAINING_NAMES = ("EpochResult", "Trainer", "TrainConfig")
+_HOME = {
+    "DATASETS": "data", "DatasetError": "data", "Splits": "data", "canonical_name": "data", "load_dataset": "data",
+    "NLL": "evaluate", "evaluate_nll": "evaluate",
+    "MASK_SAMPLING": "masks", "ORDERINGS": "masks", "make_masks": "masks",
+    "MADE": "model", "load_model": "model", "save_model": "model",
+    "EpochResult": "train", "Trainer": "train", "TrainConfig": "train", "CheckpointError": "files",
+}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
-    if name in _TRAINING_NAMES:
-        from made_core import train
-
-        return getattr(train, name)
+    if name in _HOME:
+        return getattr(import_module(f"made_core.{_HOME[name]}"), name)
     raise AttributeError(f"module 'made_core' has no attribute {name!r}")
 
 
-__all__ = [
-    "DATASETS", "DatasetError", "Splits", "canonical_name", "load_dataset", "NLL", "evaluate_nll",
-    "MASK_SAMPLING", "ORDERINGS", "make_masks", "MADE", "load_model", "save_model", *_TRAINING_NAMES,
-]  # fmt: skip
+__all__ = list(_HOME)

@@ -21,7 +21,6 @@ import os
 import re
 import struct
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +33,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from made_core.files import atomic_write
 from made_core.synthetic import (
     BernoulliMixture,
     MixtureRecipe,
@@ -340,24 +340,17 @@ def download_file(url: str, destination: Path, progress: bool = True,
             non-zip download, or an unwritable destination folder.
     """
     destination = Path(destination)
-    try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f".{destination.name}.",
-                                             suffix=".part", delete=False)
-    except OSError as error:
-        raise DatasetError(f"cannot write to {destination.parent}: {error}") from error
-    temp_path = Path(handle.name)
-    try:
-        with handle:
-            _copy_url_to(url, handle, destination.name, progress, timeout)
+
+    def write(temp_path: Path) -> None:
+        with open(temp_path, "wb") as sink:
+            _copy_url_to(url, sink, destination.name, progress, timeout)
         if not zipfile.is_zipfile(temp_path):
-            raise DatasetError(f"{url} did not return an npz (zip) file "
-                               f"({temp_path.stat().st_size} bytes received)")
-        os.replace(temp_path, destination)
+            raise DatasetError(f"{url} did not return an npz (zip) file ({temp_path.stat().st_size} bytes received)")
+
+    try:
+        atomic_write(destination, write)
     except OSError as error:  # network errors were already turned into DatasetError
         raise DatasetError(f"cannot write {destination}: {error}") from error
-    finally:
-        temp_path.unlink(missing_ok=True)
 
 
 def _copy_url_to(url: str, sink: IO[bytes], label: str, progress: bool, timeout: float) -> None:

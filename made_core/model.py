@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from made_core.files import atomic_write, load_torch_file
 from made_core.masks import MASK_SAMPLING, ORDERINGS, MaskSet, build_masks, in_layer_order, make_masks, mask_generator
 
 ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
@@ -353,12 +354,8 @@ class MADE(nn.Module):
 
 def save_model(model: MADE, directory: str | Path) -> Path:
     """Write ``model.pt`` (architecture + weights) into ``directory``; returns the file path."""
-    path = Path(directory) / MODEL_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    torch.save({"config": model.config(), "state_dict": model.state_dict()}, temporary)
-    temporary.replace(path)
-    return path
+    state = {"config": model.config(), "state_dict": model.state_dict()}
+    return atomic_write(Path(directory) / MODEL_FILE, lambda temporary: torch.save(state, temporary))
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> MADE:
@@ -368,7 +365,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> MA
         path = path / MODEL_FILE
     if not path.exists():
         raise FileNotFoundError(f"no MADE model at {path}")
-    saved = torch.load(path, map_location=map_location, weights_only=True)
+    saved = load_torch_file(path, map_location, required_keys=("config", "state_dict"))
     model = MADE(**saved["config"])
     model.load_state_dict(saved["state_dict"])
     return model.to(map_location)

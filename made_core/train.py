@@ -25,6 +25,7 @@ import torch
 
 from made_core.allocator import keep_freed_memory
 from made_core.evaluate import NLL, as_tensor, ensemble_nlls, evaluate_nll
+from made_core.files import atomic_write, load_torch_file
 from made_core.fused_adam import MaskedAdam, masked_adam_applies
 from made_core.masks import MASK_SAMPLING, ORDERINGS
 from made_core.model import ACTIVATIONS, MADE
@@ -37,6 +38,7 @@ DEFAULT_VALID_MASKS = 8
 # (on dna: validation 80.04 / 79.67 / 79.38 / 79.15 with 32 / 64 / 128 / 256 masks).
 SAMPLING_TEST_MASK_CHOICES: tuple[int, ...] = (32, 64, 128, 256)
 CHECKPOINT_FILE = "trainer.pt"
+_CHECKPOINT_KEYS = ("config", "model", "model_config", "optimizer", "shuffle_generator", "progress", "best_state")
 
 
 @dataclass(frozen=True)
@@ -356,13 +358,12 @@ class Trainer:
         self.best_state = state["best_state"]
 
     def save_checkpoint(self, directory: str | Path) -> Path:
-        """Write ``trainer.pt`` into ``directory`` atomically; returns its path."""
-        path = Path(directory) / CHECKPOINT_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), temporary)
-        temporary.replace(path)
-        return path
+        """Write ``trainer.pt`` into ``directory`` durably and atomically; returns its path.
+
+        It holds tensors, plain containers and numbers only, so it loads with
+        ``weights_only=True``."""
+        state = self.state_dict()
+        return atomic_write(Path(directory) / CHECKPOINT_FILE, lambda temporary: torch.save(state, temporary))
 
     @classmethod
     def from_checkpoint(
@@ -376,12 +377,10 @@ class Trainer:
         """Rebuild a trainer from ``save_checkpoint``'s folder and continue where it stopped.
 
         ``max_epochs`` above the checkpoint's lets a run that reached its limit train on
-        (from its best weights, which a finished run holds).
+        (from its best weights, which a finished run holds). Raises ``CheckpointError`` (one
+        line naming the file) for a file that is corrupt, truncated or not safely loadable.
         """
-        path = Path(directory) / CHECKPOINT_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"no training checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(directory)
         config_values = dict(state["config"])
         if device is not None:
             config_values["device"] = device
@@ -395,12 +394,17 @@ class Trainer:
 
 
 
-def load_best_model(directory: str | Path, map_location: str | torch.device = "cpu") -> MADE:
-    """The best-validation weights held by a ``save_checkpoint`` folder, as a MADE (no data needed)."""
+def read_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The state a ``save_checkpoint`` folder holds, loaded without arbitrary unpickling."""
     path = Path(directory) / CHECKPOINT_FILE
     if not path.exists():
         raise FileNotFoundError(f"no training checkpoint at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    return load_torch_file(path, map_location, required_keys=_CHECKPOINT_KEYS)
+
+
+def load_best_model(directory: str | Path, map_location: str | torch.device = "cpu") -> MADE:
+    """The best-validation weights held by a ``save_checkpoint`` folder, as a MADE (no data needed)."""
+    state = read_checkpoint(directory, map_location)
     model = MADE(**state["model_config"])
     model.load_state_dict(state["best_state"] if state["best_state"] is not None else state["model"])
     return model.to(map_location)

@@ -54,7 +54,8 @@ from pathlib import Path
 import pandas as pd
 
 from results import schema
-from results.atomic import atomic_write_csv, atomic_write_text, exclusive_lock
+from made_core.files import atomic_write_all
+from results.atomic import exclusive_lock
 from results.experiments import Experiment, Skipped, local_storages, scan_storages
 from results.paper import paper_made_nll, paper_mask_sampling_nll
 from results.tables import (
@@ -113,10 +114,16 @@ def write_tables(tables_dir: Path, experiments: list[Experiment], *, merge: bool
         trials = merge_trials(existing_trials, experiments)
         best = merge_best(existing_best, experiments)
         by_masks = by_masks_table(trials)
-        atomic_write_csv(paths[schema.ALL_TRIALS_TABLE], trials)
-        atomic_write_csv(paths[schema.BY_MASKS_TABLE], by_masks)
-        atomic_write_csv(paths[schema.BEST_TABLE], best)
-        atomic_write_text(paths[schema.BEST_MARKDOWN], render_best_markdown(best))
+        markdown = render_best_markdown(best)
+        # All four or none: a full disk must not leave a new trials table beside an old best table.
+        atomic_write_all(
+            {
+                paths[schema.ALL_TRIALS_TABLE]: lambda temp: trials.to_csv(temp, index=False),
+                paths[schema.BY_MASKS_TABLE]: lambda temp: by_masks.to_csv(temp, index=False),
+                paths[schema.BEST_TABLE]: lambda temp: best.to_csv(temp, index=False),
+                paths[schema.BEST_MARKDOWN]: lambda temp: temp.write_text(markdown, encoding="utf-8"),
+            }
+        )
     return best, trials, by_masks, paths
 
 
@@ -296,13 +303,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
     storages = args.storage or ["runs"]
-    result = aggregate(
-        storages,
-        args.tables_dir,
-        None if args.no_figures else args.figures_dir,
-        merge=not args.replace,
-        samples=not args.no_samples,
-    )
+    try:
+        result = aggregate(
+            storages,
+            args.tables_dir,
+            None if args.no_figures else args.figures_dir,
+            merge=not args.replace,
+            samples=not args.no_samples,
+        )
+    except OSError as error:  # a full or read-only disk: the tables were written all or not at all
+        print(f"error: cannot write the tables in {args.tables_dir}: {error}; the previous tables are unchanged", file=sys.stderr)
+        return 1
     print(f"read {len(result.experiments)} experiment(s), skipped {len(result.skipped)}")
     for skipped in result.skipped:
         print(f"  skipped {skipped.path}: {skipped.reason}")

@@ -1,9 +1,9 @@
-"""Atomic file writes and the tables lock.
+"""Table writes and the tables lock.
 
-Every table and figure is written to a temporary file in the destination's own folder and
-then moved over the destination with ``os.replace``, which is atomic on POSIX for a rename
-within one file system: a reader sees the old file or the new one, never half of either.
-The temporary name is unique per writer, so concurrent writers never share a temp file.
+Every table and figure goes through ``made_core.files.atomic_write`` (temporary file in the
+destination's folder, fsync, rename, folder fsync): a reader sees the old file or the new
+one, never half of either, and a full disk leaves the old file in place. The temporary name
+is unique per writer, so concurrent writers never share a temp file.
 
 Read-merge-write of the tables is serialised by ``exclusive_lock`` (``fcntl.flock`` on a
 lock file in the tables folder): without it two writers could each read the old table,
@@ -13,31 +13,13 @@ merge their own rows and the second replace would silently drop the first one's 
 from __future__ import annotations
 
 import fcntl
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temp_path)`` and move the result to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temp_path = Path(temp_name)
-    try:
-        write(temp_path)
-        # mkstemp creates the file 0600; published tables should be readable like any file.
-        os.chmod(temp_path, 0o644)
-        os.replace(temp_path, path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
-    return path
+from made_core.files import atomic_write
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

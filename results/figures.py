@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from results.atomic import atomic_write  # noqa: E402
+from made_core.files import atomic_write  # noqa: E402
 
 PAPER_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.0}
 PAPER_MASK_SAMPLING_STYLE = {"color": "dimgray", "linestyle": "-.", "linewidth": 1.0}

@@ -170,7 +170,7 @@ def _upload_file(fs: Any, local: Path, remote: str) -> None:
 
 
 def _download_file(fs: Any, remote: str, local: Path) -> None:
-    from results.atomic import atomic_write
+    from made_core.files import atomic_write
 
     def write(temp: Path) -> None:
         with fs.open_input_stream(remote, compression=None) as source, open(temp, "wb") as target:

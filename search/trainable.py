@@ -9,17 +9,23 @@ the driver puts it in Ray's object store once, trials never read the disk.
 from __future__ import annotations
 
 import os
+import re
+import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
 from ray import tune
 
+from made_core.files import CheckpointError
 from made_core.train import Trainer, TrainConfig
 
 OBJECTIVE = "best_valid_nll"  # running minimum: what ASHA and Optuna see (see design.md)
+# How Ray Tune names a trial's checkpoint folders (StorageContext._make_checkpoint_dir_name).
+_CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 
 
 class TrialDiverged(RuntimeError):
@@ -67,10 +73,8 @@ def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.nd
         device=device,
     )
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trainer = Trainer.from_checkpoint(folder, train_data, valid_data, device=device)
-    else:
+    trainer = restore_trainer(checkpoint, train_data, valid_data, device) if checkpoint is not None else None
+    if trainer is None:
         trainer = Trainer(train_config, train_data, valid_data)
     node_ip = ray.util.get_node_ip_address()
     for result in trainer.epochs():
@@ -88,6 +92,7 @@ def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.nd
             "examples_per_second": result.examples_per_second,
             "stopped_early": result.status == "early_stopped",
             "node_ip": node_ip,
+            "pid": os.getpid(),  # which process on the node trains this trial
             "device": device,
         }
         if result.done or result.epoch % settings.checkpoint_every == 0:
@@ -96,6 +101,44 @@ def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.nd
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         else:
             tune.report(metrics)
+
+
+def restore_trainer(checkpoint: tune.Checkpoint, train_data: np.ndarray, valid_data: np.ndarray, device: str) -> Trainer | None:
+    """The trainer of the trial's newest readable checkpoint, or None when none can be read.
+
+    Ray hands a retried or resumed trial its newest checkpoint only; when that one is corrupt
+    (a node died while writing it, a truncated copy), the older ones Ray keeps beside it are
+    tried, newest first, and each fallback is said in one line on the trial's stderr.
+    """
+    candidates = [checkpoint, *older_checkpoints(checkpoint)]
+    for index, candidate in enumerate(candidates):
+        try:
+            with candidate.as_directory() as folder:
+                return Trainer.from_checkpoint(folder, train_data, valid_data, device=device)
+        except (CheckpointError, FileNotFoundError) as error:
+            fallback = f"falling back to {candidates[index + 1].path}" if index + 1 < len(candidates) else "starting the trial over"
+            print(f"warning: checkpoint {candidate.path} unusable ({error}); {fallback}", file=sys.stderr, flush=True)
+    return None
+
+
+def older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The trial's checkpoints older than ``checkpoint``, newest first (on its own filesystem)."""
+    import pyarrow.fs
+
+    name = PurePosixPath(checkpoint.path)
+    current = _CHECKPOINT_NAME.fullmatch(name.name)
+    if current is None:
+        return []
+    try:
+        siblings = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(str(name.parent)))
+    except OSError:
+        return []
+    older = []
+    for info in siblings:
+        match = _CHECKPOINT_NAME.fullmatch(PurePosixPath(info.path).name)
+        if info.type == pyarrow.fs.FileType.Directory and match and int(match[1]) < int(current[1]):
+            older.append((int(match[1]), info.path))
+    return [tune.Checkpoint(path, filesystem=checkpoint.filesystem) for _, path in sorted(older, reverse=True)]
 
 
 def _valid_masks(config: dict[str, Any], settings: TrialSettings) -> int | None:

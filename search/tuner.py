@@ -121,7 +121,9 @@ def make_searcher(plan: SweepPlan) -> OptunaSearch:
 
 
 def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback) -> tune.Tuner:
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=plan.max_epochs, grace_period=plan.grace_period, reduction_factor=3)
+    # Rungs on the trainer's own epoch count: a trial restored from an older checkpoint than
+    # its last report repeats epochs, and Ray's training_iteration would count them twice.
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=plan.max_epochs, grace_period=plan.grace_period, reduction_factor=3)
     tune_config = tune.TuneConfig(
         metric=OBJECTIVE,
         mode="min",

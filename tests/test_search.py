@@ -6,8 +6,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -146,6 +148,51 @@ def test_resume_after_driver_killed_loses_nothing(tmp_path, ray_env):
     assert info["started_at"] < info["finished_at"]
     assert "--resume" not in info["command"] and "--resume" in info["resume_commands"][0]
     assert json.loads((experiment / schema.BEST_FILE).read_text())["trial_id"] in set(trials["trial_id"])
+
+
+@pytest.mark.slow
+def test_truncated_newest_checkpoint_of_a_killed_trial_falls_back_to_the_one_before(tmp_path, ray_env):
+    process = start_sweep(tmp_path, ray_env, "--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "2",
+                          "--max-epochs", "150", "--grace-period", "150", "--patience", "1000", "--name", "corrupt",
+                          "--concurrency", "1", "--seed", "5")  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)  # keep the pipe drained
+    reader.start()
+    experiment = tmp_path / "runs" / "corrupt"
+    deadline = time.monotonic() + 240
+    try:
+        victim = None
+        while victim is None:  # a running trial with two checkpoints and epochs left
+            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+            for results_file in experiment.glob("*/result.json"):
+                reports = results_file.read_text().splitlines()
+                last = json.loads(reports[-1]) if reports else {}
+                if len(list(results_file.parent.glob("checkpoint_*"))) >= 2 and 3 <= last.get("epoch", 0) <= 100:
+                    victim = results_file.parent, last["pid"], last["trial_id"]
+            time.sleep(0.05)
+        trial_folder, pid, victim_id = victim
+        os.kill(pid, signal.SIGSTOP)  # frozen: it writes no further checkpoint
+        time.sleep(2.0)  # the driver registers whatever the trial had reported
+        checkpoints = sorted(trial_folder.glob("checkpoint_*"))
+        # Every checkpoint but the oldest: whichever one Ray hands the retry is unreadable.
+        for checkpoint in checkpoints[1:]:
+            if (checkpoint / "trainer.pt").exists():
+                data = (checkpoint / "trainer.pt").read_bytes()
+                (checkpoint / "trainer.pt").write_bytes(data[: len(data) // 2])
+        os.kill(pid, signal.SIGKILL)
+        assert process.wait(timeout=240) == 0, "".join(lines)
+    finally:
+        kill_group(process)
+        process.wait()
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert "unusable (cannot read" in output and "falling back to" in output and "starting the trial over" not in output, output
+    trials = pd.read_csv(experiment / schema.TRIALS_FILE).set_index("trial_id")
+    assert len(trials) == 2 and (trials["status"] == "TERMINATED").all(), trials
+    assert trials.loc[victim_id, "num_failures"] == 1 and trials.loc[victim_id, "epochs"] == 150
+    assert (trials.drop(victim_id)["num_failures"] == 0).all() and (trials["epochs"] == 150).all()
+    curves = pd.read_csv(experiment / schema.CURVES_FILE)
+    assert sorted(curves[curves["trial_id"] == victim_id]["epoch"]) == list(range(1, 151))
 
 
 @pytest.mark.parametrize(
