@@ -13,7 +13,7 @@ from typing import Any
 _HOME = {
     "DATASETS": "data", "DatasetError": "data", "Splits": "data", "canonical_name": "data", "load_dataset": "data",
     "NLL": "evaluate", "evaluate_nll": "evaluate",
-    "MASK_SAMPLING": "masks", "ORDERINGS": "masks", "make_masks": "masks",
+    "MASK_SAMPLING": "hyperparameters", "ORDERINGS": "hyperparameters", "make_masks": "masks",
     "MADE": "model", "load_model": "model", "save_model": "model",
     "EpochResult": "train", "Trainer": "train", "TrainConfig": "train", "CheckpointError": "files",
 }  # fmt: skip

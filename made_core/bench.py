@@ -49,8 +49,8 @@ from made_core.allocator import keep_freed_memory
 from made_core.data import DatasetError, load_dataset, resolve_data_dir
 from made_core.evaluate import as_tensor, evaluate_nll
 from made_core.fused_adam import MaskedAdam
-from made_core.masks import MASK_SAMPLING
-from made_core.model import ACTIVATIONS, MADE
+from made_core.hyperparameters import MASK_SAMPLING
+from made_core.model import ACTIVATION_FUNCTIONS, MADE
 from made_core.train import Trainer, TrainConfig, resolve_device, training_step
 
 TARGET_RATIO = 0.90
@@ -167,7 +167,7 @@ class UnmaskedMLP(nn.Module):
 
     def __init__(self, made: MADE) -> None:
         super().__init__()
-        self.activation = ACTIVATIONS[made.activation]
+        self.activation = ACTIVATION_FUNCTIONS[made.activation]
         self.hidden_layers = copy.deepcopy(made.hidden_layers)
         self.output_layer = copy.deepcopy(made.output_layer)
         self.direct_layer = copy.deepcopy(made.direct_layer)

@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterable
 import torch
 
 from made_core.allocator import opted_out
-from made_core.masks import MASK_SAMPLING, LayerDegrees, make_degrees
+from made_core.hyperparameters import MASK_SAMPLING
+from made_core.masks import LayerDegrees, make_degrees
 from made_core.model import MADE, training_linear
 
 OPT_OUT_VARIABLE = "MADE_FUSED_ADAM"

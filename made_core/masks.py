@@ -24,13 +24,9 @@ from typing import Iterable, Literal, Sequence, TypeVar
 
 import torch
 
-Ordering = Literal["natural", "random", "agnostic"]
-ORDERINGS: tuple[str, ...] = ("natural", "random", "agnostic")
+from made_core.hyperparameters import ORDERINGS
 
-# num_masks == MASK_SAMPLING means a fresh mask every minibatch (the paper's
-# "mask sampling"); num_masks >= 1 means that many masks cycled one per minibatch.
-MASK_SAMPLING = 0
-
+Ordering = Literal["natural", "random", "agnostic"]  # the values of ORDERINGS, for type checkers
 
 LayerItem = TypeVar("LayerItem")
 

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from made_core.files import atomic_write, load_torch_file
-from made_core.masks import MASK_SAMPLING, ORDERINGS, MaskSet, build_masks, in_layer_order, make_masks, mask_generator
+from made_core.hyperparameters import DEFAULTS, MASK_SAMPLING, PARAMETERS, ensemble_size_allowed
+from made_core.masks import MaskSet, build_masks, in_layer_order, make_masks, mask_generator
 
-ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
+ACTIVATION_FUNCTIONS = {"relu": F.relu, "tanh": torch.tanh}  # one per name in ACTIVATIONS
 # A mask-sampling model can be asked for any mask index (ensembles of any size); keep only the
 # newest on device, up to this many bytes of masks (at least one mask set). Its training masks,
 # each used once, are never cached.
@@ -119,10 +120,10 @@ class MADE(nn.Module):
         self,
         input_dim: int,
         hidden_sizes: Sequence[int],
-        num_masks: int = 1,
-        ordering: str = "natural",
-        direct_connection: bool = False,
-        activation: str = "relu",
+        num_masks: int = DEFAULTS["num_masks"],
+        ordering: str = DEFAULTS["ordering"],
+        direct_connection: bool = DEFAULTS["direct_connection"],
+        activation: str = DEFAULTS["activation"],
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -130,12 +131,10 @@ class MADE(nn.Module):
             raise ValueError(f"input_dim must be >= 2, got {input_dim}")
         if not hidden_sizes or any(int(h) < 1 for h in hidden_sizes):
             raise ValueError(f"hidden_sizes must be one or more positive sizes, got {list(hidden_sizes)}")
-        if num_masks < 0:
-            raise ValueError(f"num_masks must be >= 1, or {MASK_SAMPLING} for a fresh mask every minibatch")
-        if ordering not in ORDERINGS:
-            raise ValueError(f"unknown ordering {ordering!r}; expected one of {', '.join(ORDERINGS)}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
+        problems = [PARAMETERS[name].problem_for_setting(value)
+                    for name, value in (("num_masks", num_masks), ("ordering", ordering), ("activation", activation))]  # fmt: skip
+        if any(problems):
+            raise ValueError("; ".join(p for p in problems if p))
         self.input_dim = int(input_dim)
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.num_masks = int(num_masks)
@@ -198,10 +197,9 @@ class MADE(nn.Module):
         return step if self.num_masks == MASK_SAMPLING else step % self.num_masks
 
     def ensemble_indices(self, n_masks: int) -> range:
-        if n_masks < 1:
-            raise ValueError(f"n_masks must be >= 1, got {n_masks}")
-        if self.num_masks != MASK_SAMPLING and n_masks > self.num_masks:
-            raise ValueError(f"n_masks={n_masks} exceeds the model's {self.num_masks} masks")
+        if not ensemble_size_allowed(n_masks, self.num_masks):
+            limit = f"exceeds the model's {self.num_masks} masks" if n_masks >= 1 else "must be >= 1"
+            raise ValueError(f"n_masks={n_masks} {limit}")
         return range(n_masks)
 
     # -- the network ------------------------------------------------------------------
@@ -211,7 +209,7 @@ class MADE(nn.Module):
 
     def _network(self, x: torch.Tensor, linear: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
         """(B, D) logits, where ``linear(input, i)`` applies masked layer i of ``masked_layers()``."""
-        act = ACTIVATIONS[self.activation]
+        act = ACTIVATION_FUNCTIONS[self.activation]
         hidden = x
         for i in range(len(self.hidden_layers)):
             hidden = act(linear(hidden, i))

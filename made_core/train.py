@@ -27,10 +27,8 @@ from made_core.allocator import keep_freed_memory
 from made_core.evaluate import NLL, as_tensor, ensemble_nlls, evaluate_nll
 from made_core.files import atomic_write, load_torch_file
 from made_core.fused_adam import MaskedAdam, masked_adam_applies
-from made_core.masks import MASK_SAMPLING, ORDERINGS
-from made_core.model import ACTIVATIONS, MADE
-
-OPTIMIZERS = ("adam", "adagrad", "adadelta", "sgd")
+from made_core.hyperparameters import DEFAULTS, MASK_SAMPLING, PARAMETERS, add_flags, ensemble_size_allowed
+from made_core.model import MADE
 # Validation runs every epoch, so it uses fewer masks than the test (see choose_test_masks).
 DEFAULT_VALID_MASKS = 8
 # A mask-sampling model can be averaged over any number of masks, and more masks cost only
@@ -41,26 +39,29 @@ CHECKPOINT_FILE = "trainer.pt"
 _CHECKPOINT_KEYS = ("config", "model", "model_config", "optimizer", "shuffle_generator", "progress", "best_state")
 
 
+# TrainConfig's fields that are hyperparameters of the vocabulary (hidden_sizes stands for
+# hidden_layers x hidden_units); their defaults, domains and help live there.
+_HYPERPARAMETER_FIELDS = ("num_masks", "ordering", "direct_connection", "activation", "optimizer",
+                          "learning_rate", "momentum", "weight_decay", "batch_size")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines one training run. Field names match the search spaces'
     hyperparameters, except ``hidden_sizes`` (spaces give ``hidden_layers`` x ``hidden_units``).
-
-    The defaults are a strong general choice rather than the plain MADE: an ensemble of
-    8 order-agnostic masks with the direct input->output connection (on dna it reaches a
-    test NLL of about 83.8 where the plain, natural-order MADE stops near 90).
+    Their defaults are ``made_core.hyperparameters.DEFAULTS``.
     """
 
-    hidden_sizes: tuple[int, ...] = (500,)
-    num_masks: int = 8  # K >= 1 cycled masks, or 0 (MASK_SAMPLING): a fresh mask every minibatch
-    ordering: str = "agnostic"
-    direct_connection: bool = True
-    activation: str = "relu"
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    batch_size: int = 100
+    hidden_sizes: tuple[int, ...] = (DEFAULTS["hidden_units"],) * DEFAULTS["hidden_layers"]
+    num_masks: int = DEFAULTS["num_masks"]
+    ordering: str = DEFAULTS["ordering"]
+    direct_connection: bool = DEFAULTS["direct_connection"]
+    activation: str = DEFAULTS["activation"]
+    optimizer: str = DEFAULTS["optimizer"]
+    learning_rate: float = DEFAULTS["learning_rate"]
+    momentum: float = DEFAULTS["momentum"]
+    weight_decay: float = DEFAULTS["weight_decay"]
+    batch_size: int = DEFAULTS["batch_size"]
     grad_clip: float | None = None  # max gradient norm; None: no clipping
     max_epochs: int = 200
     patience: int = 30  # epochs without a better validation NLL before stopping (the paper's 30)
@@ -74,29 +75,18 @@ class TrainConfig:
         problems = []
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             problems.append(f"hidden_sizes must be positive sizes, got {list(self.hidden_sizes)}")
-        if self.num_masks < 0:
-            problems.append(f"num_masks must be >= 1, or {MASK_SAMPLING} for mask sampling, got {self.num_masks}")
-        if self.ordering not in ORDERINGS:
-            problems.append(f"ordering must be one of {', '.join(ORDERINGS)}, got {self.ordering!r}")
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not self.learning_rate > 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.momentum < 1:
-            problems.append(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
-        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+        for name in _HYPERPARAMETER_FIELDS:
+            problem = PARAMETERS[name].problem_for_setting(getattr(self, name))
+            if problem:
+                problems.append(problem)
+        for name in ("max_epochs", "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             problems.append(f"grad_clip must be > 0, got {self.grad_clip}")
-        if self.valid_masks is not None and self.valid_masks < 1:
-            problems.append(f"valid_masks must be >= 1, got {self.valid_masks}")
-        if self.valid_masks is not None and self.num_masks >= 1 and self.valid_masks > self.num_masks:
-            problems.append(f"valid_masks={self.valid_masks} exceeds num_masks={self.num_masks}")
+        if self.valid_masks is not None and not ensemble_size_allowed(self.valid_masks, self.num_masks):
+            limit = f"exceeds num_masks={self.num_masks}" if self.valid_masks >= 1 else "must be >= 1"
+            problems.append(f"valid_masks={self.valid_masks} {limit}")
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
 
@@ -114,7 +104,8 @@ class TrainConfig:
         """
         values = dict(hyperparameters)
         if "hidden_layers" in values or "hidden_units" in values:
-            layers, units = int(values.pop("hidden_layers", 1)), int(values.pop("hidden_units", 500))
+            layers = int(values.pop("hidden_layers", DEFAULTS["hidden_layers"]))
+            units = int(values.pop("hidden_units", DEFAULTS["hidden_units"]))
             values["hidden_sizes"] = (units,) * layers
         values.update(settings)
         known = {f.name for f in fields(cls)}
@@ -126,7 +117,7 @@ class TrainConfig:
 
 def check_test_masks(requested: int | None, num_masks: int, name: str = "test masks") -> None:
     """Raise ValueError unless ``requested`` (None: the default) is a possible test ensemble size."""
-    if requested is not None and (requested < 1 or (num_masks != MASK_SAMPLING and requested > num_masks)):
+    if requested is not None and not ensemble_size_allowed(requested, num_masks):
         raise ValueError(f"{name} must be between 1 and num_masks ({num_masks}), got {requested}")
 
 
@@ -410,22 +401,13 @@ def load_best_model(directory: str | Path, map_location: str | torch.device = "c
     return model.to(map_location)
 
 # -- command line ---------------------------------------------------------------------
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m made_core.train", description="Train one MADE and report its test NLL.")
     parser.add_argument("--dataset", required=True, help="dataset name (e.g. dna, mnist, synthetic-mob)")
     parser.add_argument("--data-dir", default=None, help="folder of .npz files (default: $MADE_DATA_DIR, else a cache dir)")
     parser.add_argument("--hidden", type=int, nargs="+", default=list(defaults.hidden_sizes), help="hidden layer sizes, e.g. 500 500")
-    parser.add_argument("--num-masks", type=int, default=defaults.num_masks, help="masks cycled per minibatch; 0: a fresh mask every minibatch")
-    parser.add_argument("--ordering", choices=ORDERINGS, default=defaults.ordering)
-    parser.add_argument("--direct-connection", action=argparse.BooleanOptionalAction, default=defaults.direct_connection,
-                        help="the masked input->output layer")
-    parser.add_argument("--activation", choices=tuple(ACTIVATIONS), default=defaults.activation)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--momentum", type=float, default=defaults.momentum)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    add_flags(parser, _HYPERPARAMETER_FIELDS)
     parser.add_argument("--grad-clip", type=float, default=None)
     parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     parser.add_argument("--patience", type=int, default=defaults.patience)
@@ -437,21 +419,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", default=None, help="write a checkpoint here every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     parser.add_argument("--save-model", default=None, help="folder to write the best model (model.pt) to")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from made_core.data import DatasetError, load_dataset  # the CLI needs data; the library does not
 
-    args = _parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.resume and not args.checkpoint_dir:
             raise ValueError("--resume needs --checkpoint-dir")
         config = TrainConfig(
-            hidden_sizes=tuple(args.hidden), num_masks=args.num_masks, ordering=args.ordering,
-            direct_connection=args.direct_connection, activation=args.activation, optimizer=args.optimizer,
-            learning_rate=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay,
-            batch_size=args.batch_size, grad_clip=args.grad_clip, max_epochs=args.max_epochs, patience=args.patience,
+            hidden_sizes=tuple(args.hidden), **{name: getattr(args, name) for name in _HYPERPARAMETER_FIELDS},
+            grad_clip=args.grad_clip, max_epochs=args.max_epochs, patience=args.patience,
             valid_masks=args.valid_masks, seed=args.seed, device=args.device,
         )  # fmt: skip
         check_test_masks(args.test_masks, config.num_masks, "--test-masks")

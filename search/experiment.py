@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from made_core.evaluate import evaluate_nll
-from made_core.masks import MASK_SAMPLING
+from made_core.hyperparameters import capped_ensemble_size
 from made_core.model import save_model
 from made_core.train import choose_test_masks, load_best_model
 from results import schema
@@ -188,8 +188,7 @@ def evaluate_best(
         return None
     with best.checkpoint.as_directory() as checkpoint_folder:
         model = load_best_model(checkpoint_folder)
-    num_masks = int(best.config.get("num_masks", 1))
-    requested = None if test_masks is None else (test_masks if num_masks == MASK_SAMPLING else min(test_masks, num_masks))
+    requested = None if test_masks is None else capped_ensemble_size(test_masks, model.num_masks)
     ensemble = choose_test_masks(model, valid_data, requested)
     test = evaluate_nll(model, test_data, n_masks=ensemble.masks)
     model_folder = experiment_path / BEST_MODEL_FOLDER

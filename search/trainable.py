@@ -21,6 +21,7 @@ import torch
 from ray import tune
 
 from made_core.files import CheckpointError
+from made_core.hyperparameters import capped_ensemble_size
 from made_core.train import Trainer, TrainConfig
 
 OBJECTIVE = "best_valid_nll"  # running minimum: what ASHA and Optuna see (see design.md)
@@ -145,5 +146,4 @@ def _valid_masks(config: dict[str, Any], settings: TrialSettings) -> int | None:
     """A sweep-wide validation ensemble size, capped by the trial's own mask count."""
     if settings.valid_masks is None:
         return None
-    num_masks = int(config.get("num_masks", 1))
-    return settings.valid_masks if num_masks == 0 else min(settings.valid_masks, num_masks)
+    return capped_ensemble_size(settings.valid_masks, int(config["num_masks"]))  # spaces give every hyperparameter

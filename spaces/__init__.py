@@ -8,7 +8,7 @@ Usage with Ray Tune (one study per dataset)::
                             sampler=optuna.samplers.TPESampler(seed=0))
 
 Every configuration a define-by-run function produces is a flat dict with exactly
-the keys of ``HYPERPARAMETERS`` (see ``spaces.parameters`` for their types,
+the keys of ``HYPERPARAMETERS`` (see ``made_core.hyperparameters`` for their types,
 domains, defaults and meaning; ``num_masks`` = 0 means a fresh mask every
 minibatch, the convention shared with ``made_core``). Each searched parameter is
 suggested under its canonical name with one distribution, so Optuna's study,
@@ -74,7 +74,7 @@ from spaces.builtin import BUILTIN_SPACES
 from spaces.domains import Choice, Condition, FloatRange, IntRange, SearchedParameter
 from spaces.errors import SpaceError
 from spaces.loading import SPACE_FILE_SUFFIXES, available_spaces, get_space, load_space_file
-from spaces.parameters import DEFAULTS, HYPERPARAMETERS, MASK_SAMPLING, PARAMETERS, ParameterInfo
+from made_core.hyperparameters import DEFAULTS, HYPERPARAMETERS, MASK_SAMPLING, PARAMETERS, ParameterInfo
 from spaces.parsing import DatasetOverride
 from spaces.space import DefineByRun, Layout, SearchSpace
 

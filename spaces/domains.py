@@ -19,7 +19,7 @@ from typing import Any, Mapping, Union
 
 import optuna
 
-from spaces.parameters import ParameterInfo
+from made_core.hyperparameters import ParameterInfo
 
 
 def same_value(a: Any, b: Any) -> bool:

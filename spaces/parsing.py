@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from spaces.domains import Choice, Condition, Domain, FloatRange, IntRange, SearchedParameter
 from spaces.errors import SpaceError
-from spaces.parameters import HYPERPARAMETERS, PARAMETERS
+from made_core.hyperparameters import HYPERPARAMETERS, PARAMETERS
 
 SPACE_KEYS = ("name", "description", "params", "fixed", "datasets", "start")
 OVERRIDE_KEYS = ("params", "fixed", "start")

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import optuna
 
 from spaces.domains import SearchedParameter
-from spaces.parameters import HYPERPARAMETERS, PARAMETERS
+from made_core.hyperparameters import HYPERPARAMETERS, PARAMETERS
 from spaces.parsing import (
     SPACE_KEYS,
     DatasetOverride,
@@ -21,6 +21,18 @@ from spaces.parsing import (
     parse_start,
     space_error,
 )
+
+
+def dataset_key(dataset: str) -> str:
+    """The registry's canonical name for a dataset name or alias (``binarized_mnist`` ->
+    ``mnist``), so an override matches under every name of its dataset; a name the registry
+    does not know (a user's own dataset) is its own key."""
+    from made_core.data import DatasetError, canonical_name
+
+    try:
+        return canonical_name(dataset)
+    except DatasetError:
+        return dataset
 
 
 @dataclass(frozen=True)
@@ -109,7 +121,9 @@ class SearchSpace:
             description=parse_description(name, data),
             params=parse_params(name, "params", data["params"]),
             fixed=parse_fixed(name, "fixed", data.get("fixed", {})),
-            dataset_overrides=parse_overrides(name, "datasets", data.get("datasets", {})),
+            dataset_overrides={
+                dataset_key(dataset): override for dataset, override in parse_overrides(name, "datasets", data.get("datasets", {})).items()
+            },
             source=source,
             start=parse_start(name, "start", data.get("start", [])),
         )
@@ -149,7 +163,7 @@ class SearchSpace:
         A base value a dataset override no longer admits (or a parameter it fixes) is left
         to the sampler, so every point is valid in that study.
         """
-        override = self.dataset_overrides.get(dataset) if dataset is not None else None
+        override = self.dataset_overrides.get(dataset_key(dataset)) if dataset is not None else None
         if override is not None and override.start is not None:
             return [dict(point) for point in override.start if point]
         searched = self.layout(dataset).searched
@@ -161,7 +175,7 @@ class SearchSpace:
 
     def layout(self, dataset: str | None = None) -> Layout:
         """The searched and fixed parameters for ``dataset`` (None or an unlisted name: the base space)."""
-        return self._layouts.get(dataset, self._layouts[None])
+        return self._layouts.get(dataset_key(dataset) if dataset is not None else None, self._layouts[None])
 
     def define_by_run(self, dataset: str | None = None) -> DefineByRun:
         """The define-by-run function for ``OptunaSearch(space=...)`` or ``study.ask()`` for ``dataset``.

@@ -25,7 +25,7 @@ from made_core.model import MADE
 torch.set_num_threads(1)
 in_force = keep_freed_memory()
 x = (torch.rand(100, 784, generator=torch.Generator().manual_seed(0)) < 0.3).float()
-model = MADE(784, (500, 500), num_masks=32, ordering="agnostic")
+model = MADE(784, (500, 500), num_masks=32, ordering="agnostic", direct_connection=False)
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 def step(index):
     loss = torch.nn.functional.binary_cross_entropy_with_logits(model.logits(x, index % 32), x, reduction="sum")

@@ -9,7 +9,8 @@ import torch
 
 import made_core.fused_adam as fused_adam
 from made_core.fused_adam import MaskedAdam, load_kernels, masked_adam_applies
-from made_core.masks import MASK_SAMPLING, make_degrees, make_masks
+from made_core.hyperparameters import MASK_SAMPLING
+from made_core.masks import make_degrees, make_masks
 from made_core.model import MADE
 from made_core.train import Trainer, TrainConfig
 

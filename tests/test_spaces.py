@@ -67,7 +67,8 @@ def test_canonical_names_order_and_defaults():
         assert info.name == name
         assert info.doc
         assert info.problem_with(info.default) is None, name
-    assert DEFAULTS["num_masks"] == 1 and DEFAULTS["optimizer"] == "adam"
+    # The one default (made_core.hyperparameters): 8 order-agnostic masks with the direct connection.
+    assert DEFAULTS["num_masks"] == 8 and DEFAULTS["ordering"] == "agnostic" and DEFAULTS["optimizer"] == "adam"
 
 
 def test_parameter_domains():
