@@ -84,14 +84,6 @@ def render_samples_figure(
     return save_figure(figure, path)
 
 
-def _load_model(checkpoint_dir: Path):
-    try:
-        from made_core import load_model  # the public entry point
-    except ImportError:
-        from made_core.model import load_model  # while made_core/__init__ does not export it
-    return load_model(checkpoint_dir)
-
-
 def samples_figure(dataset: str, checkpoint_dir: Path, path: Path, *, title: str = "") -> Path | None:
     """Draw samples from the model in ``checkpoint_dir`` and render them; None if impossible."""
     image_shape = IMAGE_SHAPES.get(dataset)
@@ -101,19 +93,17 @@ def samples_figure(dataset: str, checkpoint_dir: Path, path: Path, *, title: str
         import torch
 
         from made_core.data import load_dataset
+        from made_core.model import load_model
 
-        model = _load_model(Path(checkpoint_dir))
+        model = load_model(Path(checkpoint_dir))
         model.eval()
-        generator = torch.Generator(device=model.device if hasattr(model, "device") else "cpu")
+        generator = torch.Generator(device=model.device)
         generator.manual_seed(SAMPLES_SEED)
         samples = model.sample(GRID_SIDE * GRID_SIDE, mask_index=0, generator=generator)
         samples = samples.detach().cpu().numpy().astype(np.float32)
-        try:  # never download in an aggregation: the sweep that trained the model had the file
-            splits = load_dataset(dataset, download=False)
-        except TypeError:  # a load_dataset without the download flag
-            splits = load_dataset(dataset)
+        splits = load_dataset(dataset, download=False)  # never download in an aggregation
         train = np.asarray(splits.train, dtype=np.float32)
-    except Exception as error:  # a missing package, file or API must not stop the tables
+    except Exception as error:  # a missing file or a damaged model must not stop the tables
         logger.warning("no samples figure for %s (model %s): %s: %s", dataset, checkpoint_dir, type(error).__name__, error)
         return None
     if samples.shape[1] != image_shape[0] * image_shape[1] or train.shape[1] != samples.shape[1]:

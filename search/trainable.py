@@ -24,7 +24,9 @@ from made_core.files import CheckpointError
 from made_core.hyperparameters import capped_ensemble_size
 from made_core.train import Trainer, TrainConfig
 
-OBJECTIVE = "best_valid_nll"  # running minimum: what ASHA and Optuna see (see design.md)
+# A running minimum: Optuna records a trial that ASHA stopped with its last reported value,
+# which must be its best.
+OBJECTIVE = "best_valid_nll"
 # How Ray Tune names a trial's checkpoint folders (StorageContext._make_checkpoint_dir_name).
 _CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 
