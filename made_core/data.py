@@ -14,16 +14,14 @@ Typical use::
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import math
 import os
 import re
-import struct
 import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -433,17 +431,10 @@ class _ProgressBar:
 # Reading and validating npz files
 # ----------------------------------------------------------------------------------
 #
-# numpy's own reader handles the Python 2 headers of the published files (shapes such
-# as "(1186L, 180L)") but prints a UserWarning every time, and silencing warnings
-# process-wide would hide other people's. The .npy format is small and documented
-# (magic, version, header length, a Python-literal dict, raw data), so it is read here
-# directly: the header is parsed with ast.literal_eval after dropping Python 2's "L"
-# suffix, only plain numeric dtypes are accepted (never pickled objects), and every
-# failure becomes a DatasetError naming the file.
-
-_NPY_MAGIC = b"\x93NUMPY"
-_MAX_HEADER_BYTES = 1 << 20
-_PY2_LONG_SUFFIX = re.compile(r"(?<=\d)[lL](?=[\s,)\]}])")
+# The published files were written by Python 2's numpy (shapes such as "(1186L, 180L)").
+# numpy's own loader reads them, with a UserWarning each time; that one warning is silenced
+# around the load only, never process-wide. allow_pickle=False refuses object arrays.
+_PY2_HEADER_WARNING = "Reading `.npy` or `.npz` file required additional header parsing"
 _NUMERIC_KINDS = "biuf"  # bool, signed int, unsigned int, float
 
 
@@ -469,105 +460,35 @@ def read_npz_arrays(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
         DatasetError: the file is not a readable zip (corrupt or truncated), a key is
             missing, or a member is not a plain numeric .npy array.
     """
+    if not path.exists():
+        raise DatasetError(f"{path}: file not found")
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path} is not a valid npz file (not a zip archive); delete it and download it again")
     try:
-        with zipfile.ZipFile(path) as archive:
-            members = {name.removesuffix(".npy"): name for name in archive.namelist() if name.endswith(".npy")}
-            missing = [key for key in keys if key not in members]
-            if missing:
-                raise DatasetError(f"{path}: missing key(s) {', '.join(missing)}; "
-                                   f"the file has {', '.join(sorted(members)) or 'no arrays'}")
-            return {key: _read_npy_member(archive, members[key], path) for key in keys}
-    except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=re.escape(_PY2_HEADER_WARNING), category=UserWarning)
+            with np.load(path, allow_pickle=False) as archive:
+                missing = [key for key in keys if key not in archive.files]
+                if missing:
+                    raise DatasetError(f"{path}: missing key(s) {', '.join(missing)}; "
+                                       f"the file has {', '.join(sorted(archive.files)) or 'no arrays'}")
+                return {key: _numeric_member(archive, key, path) for key in keys}
+    except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as error:
         raise DatasetError(f"{path} is not a valid npz file (corrupt or truncated zip archive: {error}); "
                            "delete it and download it again") from error
-    except FileNotFoundError as error:
-        raise DatasetError(f"{path}: file not found") from error
 
 
-def _read_npy_member(archive: zipfile.ZipFile, member: str, path: Path) -> np.ndarray:
-    """Read one .npy member of an archive into a new (writeable) array."""
-    where = f"{path} (array {member})"
-    expected_size = archive.getinfo(member).file_size
-    with archive.open(member) as stream:
-        dtype, shape, fortran_order, header_size = _read_npy_header(stream, where)
-        count = math.prod(shape)
-        if header_size + count * dtype.itemsize != expected_size:
-            raise DatasetError(f"{where}: header says shape {shape} of {dtype}, which does not match the "
-                               f"member's {expected_size} bytes; the file is corrupt")
-        flat = np.empty(count, dtype=dtype)
-        _read_exactly_into(stream, flat.view(np.uint8), where)
-    if fortran_order:
-        return flat.reshape(shape[::-1]).T
-    return flat.reshape(shape)
-
-
-def _read_npy_header(stream: IO[bytes], where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
-    """Parse a .npy header (format versions 1-3).
-
-    Returns:
-        (dtype, shape, fortran_order, total header size in bytes including the magic).
-    """
-    prefix = _read_exactly(stream, len(_NPY_MAGIC) + 2, where)
-    if prefix[: len(_NPY_MAGIC)] != _NPY_MAGIC:
-        raise DatasetError(f"{where}: not a .npy array (bad magic bytes)")
-    major = prefix[len(_NPY_MAGIC)]
-    if major == 1:
-        length_format, encoding = "<H", "latin1"
-    elif major in (2, 3):
-        length_format, encoding = "<I", "latin1" if major == 2 else "utf8"
-    else:
-        raise DatasetError(f"{where}: unsupported .npy format version {major}")
-    length_bytes = _read_exactly(stream, struct.calcsize(length_format), where)
-    (header_length,) = struct.unpack(length_format, length_bytes)
-    if header_length > _MAX_HEADER_BYTES:
-        raise DatasetError(f"{where}: implausible .npy header length {header_length}; the file is corrupt")
-    text = _read_exactly(stream, header_length, where).decode(encoding, errors="replace")
-    dtype, shape, fortran_order = _parse_header_fields(text, where)
-    return dtype, shape, fortran_order, len(prefix) + len(length_bytes) + header_length
-
-
-def _parse_header_fields(text: str, where: str) -> tuple[np.dtype, tuple[int, ...], bool]:
-    """Turn the header's dict literal into (dtype, shape, fortran_order), refusing anything odd."""
+def _numeric_member(archive: Any, key: str, path: Path) -> np.ndarray:
+    where = f"{path} (array {key}.npy)"
     try:
-        fields = ast.literal_eval(_PY2_LONG_SUFFIX.sub("", text.strip()))
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as error:
-        raise DatasetError(f"{where}: unreadable .npy header {text.strip()[:80]!r}") from error
-    if not isinstance(fields, dict) or not {"descr", "shape", "fortran_order"} <= set(fields):
-        raise DatasetError(f"{where}: .npy header lacks descr/shape/fortran_order: {text.strip()[:80]!r}")
-    descr, shape, fortran_order = fields["descr"], fields["shape"], fields["fortran_order"]
-    if not isinstance(descr, str):
-        raise DatasetError(f"{where}: structured dtype {descr!r} is not a plain numeric array")
-    try:
-        dtype = np.dtype(descr)
-    except TypeError as error:
-        raise DatasetError(f"{where}: unknown dtype {descr!r}") from error
-    if dtype.kind not in _NUMERIC_KINDS:
-        raise DatasetError(f"{where}: dtype {dtype} is not numeric"
-                           + (" (pickled Python objects are refused)" if dtype.hasobject else ""))
-    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
-        raise DatasetError(f"{where}: invalid shape {shape!r} in .npy header")
-    if not isinstance(fortran_order, bool):
-        raise DatasetError(f"{where}: invalid fortran_order {fortran_order!r} in .npy header")
-    return dtype, shape, fortran_order
-
-
-def _read_exactly(stream: IO[bytes], size: int, where: str) -> bytes:
-    """Read exactly ``size`` bytes or fail as truncated."""
-    data = stream.read(size)
-    if len(data) != size:
-        raise DatasetError(f"{where}: truncated ({len(data)} of {size} bytes)")
-    return data
-
-
-def _read_exactly_into(stream: IO[bytes], target: np.ndarray, where: str) -> None:
-    """Fill a uint8 array from the stream, without an intermediate bytes copy."""
-    view = memoryview(target)
-    filled = 0
-    while filled < len(view):
-        count = stream.readinto(view[filled:])  # type: ignore[attr-defined]
-        if not count:
-            raise DatasetError(f"{where}: truncated ({filled} of {len(view)} data bytes)")
-        filled += count
+        array = archive[key]
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise DatasetError(f"{where}: dtype object is not numeric (pickled Python objects are refused)") from error
+        raise DatasetError(f"{where}: unreadable array ({error}); the file is corrupt") from error
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        raise DatasetError(f"{where}: dtype {array.dtype} is not numeric")
+    return array
 
 
 def _validated_split(path: Path, spec: DatasetSpec, split: str, array: np.ndarray) -> np.ndarray:
