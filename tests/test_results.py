@@ -175,6 +175,19 @@ def test_paper_numbers_for_dna_and_mnist():
     assert dna["MADE mask sampling"] == pytest.approx(79.66)
 
 
+def test_paper_mnist_rows_checked_against_other_sources():
+    mnist = load_paper_nll("mnist")
+    row = lambda model, layers, masks=None: mnist[  # noqa: E731
+        (mnist["model"] == model) & (mnist["hidden_layers"] == layers) & (masks is None or mnist["num_masks"] == masks)
+    ].iloc[0]
+    eonade_1hl = row("EoNADE", 1)
+    assert eonade_1hl["test_nll"] == pytest.approx(87.71) and "128 orderings" in eonade_1hl["note"]  # 90.69 is 2 orderings
+    assert eonade_1hl["verified"] and row("EoNADE", 2)["verified"] and row("MADE", 1, 32)["verified"]
+    assert row("MADE", 1, 32)["test_nll"] == pytest.approx(88.04)
+    mushrooms = load_paper_nll("mushrooms").set_index("model")
+    assert mushrooms.loc["EoNADE", "test_nll"] == pytest.approx(9.68) and not mushrooms.loc["EoNADE", "verified"]
+
+
 def test_paper_table_shape_and_datasets():
     table = load_paper_nll()
     assert tuple(table.columns) == schema.PAPER_NLL_COLUMNS
