@@ -22,15 +22,6 @@ from spaces import HYPERPARAMETERS
 
 
 
-@pytest.fixture
-def ray_env():
-    """Environment for a driver subprocess: its own short RAY_TMPDIR, no token auth."""
-    temp = tempfile.mkdtemp(prefix="msr", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = dict(os.environ, RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
-    yield env
-    shutil.rmtree(temp, ignore_errors=True)
-
-
 def start_sweep(tmp_path: Path, env: dict, *extra: str) -> subprocess.Popen:
     return start_driver(["--storage", str(tmp_path / "runs"), "--tables-dir", str(tmp_path / "tables"),
                          "--figures-dir", str(tmp_path / "figures"), "--num-cpus", "2", *extra], env)  # fmt: skip
