@@ -300,8 +300,8 @@ def frozen_space(previous: dict[str, Any]) -> Any:
     except SpaceError:
         on_disk = None  # gone or broken: the stored copy is all there is
     if on_disk is not None and on_disk != space.to_data():
-        logger.info("note: the search space %s has changed since this sweep started; the resumed sweep uses the space "
-                    "stored in its %s", source, schema.EXPERIMENT_FILE)
+        logger.warning("the search space %s has changed since this sweep started; the resumed sweep uses the space "
+                       "stored in its %s", source, schema.EXPERIMENT_FILE)
     return space
 
 

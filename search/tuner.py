@@ -135,7 +135,11 @@ def tracking_callbacks(plan: SweepPlan, experiment_path: Path) -> list[tune.Call
     if plan.tracking == "mlflow":
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (experiment_path / "mlruns").resolve().as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None:
+            uri = (experiment_path / "mlruns").resolve().as_uri()
+            # MLflow 3 refuses its file store unless asked: it needs no server and no extra packages.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=plan.name)]
     if plan.tracking == "wandb":
         from ray.air.integrations.wandb import WandbLoggerCallback

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from driver_processes import ROOT
+from driver_processes import ROOT, finish, start_driver
 from results import schema
 from search import SweepResult, UsageError, sweep
 from search.provenance import provenance
@@ -164,3 +164,25 @@ def test_notebook_example_runs(tmp_path, ray_env):
     assert tuple(info["provenance"]) == schema.PROVENANCE_KEYS
     # The tables and figures of the storage, not the project's.
     assert result.tables_dir == tmp_path / "runs" / "tables" and (result.tables_dir / schema.BEST_TABLE).exists()
+
+
+@pytest.mark.slow
+def test_smoke_sweep_in_a_clean_checkout_leaves_it_clean(tmp_path, ray_env):
+    """Run quietly with every default from inside a fresh clone: nothing tracked changes, nothing new shows."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("the project is not a git checkout here, so there is no clean clone to make")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+    head = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    process = start_driver(["-q", "--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "2", "--max-epochs", "2",
+                            "--name", "smoke", "--num-cpus", "2"], dict(ray_env, PYTHONPATH=str(clone)), cwd=clone)  # fmt: skip
+    output = finish(process, timeout=600)
+    assert process.returncode == 0, output
+    assert "sweep smoke" not in output and "best trial" not in output, output  # -q: warnings and errors only
+    status = subprocess.run(["git", "-C", str(clone), "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True)
+    assert status.stdout == "", status.stdout
+    info = json.loads((clone / "runs" / "smoke" / schema.EXPERIMENT_FILE).read_text())
+    assert (info["provenance"]["git_commit"], info["provenance"]["git_dirty"]) == (head, False)
+    best = (clone / "runs" / "tables" / schema.BEST_TABLE).read_text()
+    assert head in best  # the row's commit
+    assert any((clone / "runs" / "figures").glob("smoke_*.png"))

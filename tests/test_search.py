@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 
-from driver_processes import ROOT, finish, kill_group, start_driver
+from driver_processes import finish, kill_after_finished, start_driver
 from results import schema
 from search.run import UsageError, main, parse_duration
 from spaces import HYPERPARAMETERS
@@ -105,20 +101,7 @@ def test_resume_after_driver_killed_loses_nothing(tmp_path, ray_env):
     common = ["--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "6", "--max-epochs", "8",
               "--grace-period", "8", "--name", "resumable", "--concurrency", "1"]  # fmt: skip
     process = start_sweep(tmp_path, ray_env, *common)
-    finished_before_kill: list[str] = []
-    deadline = time.monotonic() + 240
-    try:
-        for line in process.stdout:  # kill once two trials have finished
-            if " finished after " in line:
-                finished_before_kill.append(line.split(" trial ")[1].split()[0])
-                if len(finished_before_kill) == 2:
-                    time.sleep(1.0)  # let a third trial get going so there is unfinished work
-                    break
-            assert time.monotonic() < deadline, "sweep too slow to reach two finished trials"
-    finally:
-        kill_group(process)  # SIGKILL the driver and its local Ray: nothing gets to clean up
-        process.wait()
-    assert len(finished_before_kill) == 2
+    finished_before_kill = kill_after_finished(process, 2, timeout=240)
     experiment = tmp_path / "runs" / "resumable"
     assert not (experiment / schema.BEST_FILE).exists()
 
