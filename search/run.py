@@ -58,6 +58,8 @@ def parse_duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from made_core.train import SAMPLING_TEST_MASK_CHOICES  # torch is loaded by made_core already
+
     parser = argparse.ArgumentParser(prog="made-search", description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     add = parser.add_argument
     add("--config", default=None, metavar="FILE",
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data-dir", default=None, help="folder of .npz files (unset: $MADE_DATA_DIR, else a cache dir)")
     add("--test-masks", type=int, default=None,
         help="test ensemble size (unset: all K masks of a cycled model; for a mask-sampling model the size "
-             "among 32, 64, 128, 256 with the lowest validation NLL)")
+             f"among {', '.join(map(str, SAMPLING_TEST_MASK_CHOICES))} with the lowest validation NLL)")
     add("--valid-masks", type=int, default=None, help="validation ensemble size during training (unset: min(num_masks, 8))")
     add("--optuna-storage", default=None,
         help="SQLAlchemy URL of the Optuna study, e.g. postgresql://user@host/db (unset: sqlite file in the experiment)")
