@@ -636,14 +636,16 @@ def format_report(report: BenchReport) -> str:
 
 # -- command line ------------------------------------------------------------------------
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m made_core.bench", description=__doc__.split("\n\n")[0])
+    from made_core.cli import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="made-bench", description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a reduced run: few steps, one evaluation round on 200 rows")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved training rounds per configuration (default 15; 3 with --quick)")
     parser.add_argument("--eval-repeats", type=int, default=None, help="interleaved evaluation rounds per model (default 2; 1 with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--direct-connection", action=argparse.BooleanOptionalAction, default=False,
-                        help="benchmark models with the direct input->output layer (default off)")  # fmt: skip
+                        help="benchmark models with the direct input->output layer")  # fmt: skip
     parser.add_argument("--data", choices=("auto", "random"), default="auto",
                         help="auto: binarized MNIST from $MADE_DATA_DIR (or the cache dir) when present, else random rows")  # fmt: skip
     parser.add_argument("--processes", type=int, default=None,

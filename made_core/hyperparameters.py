@@ -231,7 +231,7 @@ def add_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
     for name in names:
         info = PARAMETERS[name]
         flag = "--" + name.replace("_", "-")
-        help_text = f"{info.doc} (default: {_show(info.default)})"
+        help_text = f"{info.doc} (default: %(default)s)"
         if info.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=info.default, help=help_text)
         elif info.choices is not None:

@@ -403,22 +403,25 @@ def load_best_model(directory: str | Path, map_location: str | torch.device = "c
 # -- command line ---------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m made_core.train", description="Train one MADE and report its test NLL.")
+    from made_core.cli import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="made-train", description="Train one MADE and report its test NLL.",
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--dataset", required=True, help="dataset name (e.g. dna, mnist, synthetic-mob)")
     parser.add_argument("--data-dir", default=None, help="folder of .npz files (default: $MADE_DATA_DIR, else a cache dir)")
     parser.add_argument("--hidden", type=int, nargs="+", default=list(defaults.hidden_sizes), help="hidden layer sizes, e.g. 500 500")
     add_flags(parser, _HYPERPARAMETER_FIELDS)
-    parser.add_argument("--grad-clip", type=float, default=None)
+    parser.add_argument("--grad-clip", type=float, default=None, help="clip gradients to this norm (unset: no clipping)")
     parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     parser.add_argument("--patience", type=int, default=defaults.patience)
-    parser.add_argument("--valid-masks", type=int, default=None, help="validation ensemble size (default min(num_masks, 8))")
-    parser.add_argument("--test-masks", type=int, default=None, help="test ensemble size (default: all num_masks masks; for mask sampling, the size among "
+    parser.add_argument("--valid-masks", type=int, default=None, help="validation ensemble size (unset: min(num_masks, 8))")
+    parser.add_argument("--test-masks", type=int, default=None, help="test ensemble size (unset: all num_masks masks; for mask sampling, the size among "
                         f"{', '.join(map(str, SAMPLING_TEST_MASK_CHOICES))} with the lowest validation NLL)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--checkpoint-dir", default=None, help="write a checkpoint here every epoch")
+    parser.add_argument("--checkpoint-dir", default=None, help="write a checkpoint here every epoch (unset: none)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
-    parser.add_argument("--save-model", default=None, help="folder to write the best model (model.pt) to")
+    parser.add_argument("--save-model", default=None, help="folder to write the best model (model.pt) to (unset: not saved)")
     return parser
 
 

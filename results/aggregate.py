@@ -53,21 +53,28 @@ from pathlib import Path
 
 import pandas as pd
 
+from made_core.cli import DefaultsHelpFormatter
 from results import schema
 from made_core.files import atomic_write_all
 from results.atomic import exclusive_lock
 from results.experiments import Experiment, Skipped, local_storages, scan_storages
 from results.paper import paper_made_nll, paper_mask_sampling_nll
 from results.tables import (
-    all_trials_columns,
     by_masks_table,
     merge_best,
     merge_trials,
     render_best_markdown,
     required_best_columns,
+    required_trials_columns,
 )
 
 logger = logging.getLogger("results")
+
+# The project's published tables and figures (relative to the working directory): the
+# command line's defaults, and what ``search.run --publish`` writes.
+PUBLISHED_TABLES_DIR = Path("results/tables")
+PUBLISHED_FIGURES_DIR = Path("results/figures")
+DEFAULT_STORAGE = "runs"
 
 
 @dataclass
@@ -88,7 +95,7 @@ def _read_existing(path: Path, required: list[str]) -> pd.DataFrame | None:
     if not path.exists():
         return None
     try:
-        frame = pd.read_csv(path, dtype={"trial_id": str, "experiment": str})
+        frame = pd.read_csv(path, dtype={"trial_id": str, "experiment": str, schema.COMMIT_COLUMN: str})
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         logger.warning("ignoring unreadable %s (%s); it will be rewritten", path, error)
         return None
@@ -109,7 +116,7 @@ def write_tables(tables_dir: Path, experiments: list[Experiment], *, merge: bool
     with exclusive_lock(tables_dir / schema.TABLES_LOCK_FILE):
         existing_trials = existing_best = None
         if merge:
-            existing_trials = _read_existing(paths[schema.ALL_TRIALS_TABLE], all_trials_columns(()))
+            existing_trials = _read_existing(paths[schema.ALL_TRIALS_TABLE], required_trials_columns())
             existing_best = _read_existing(paths[schema.BEST_TABLE], required_best_columns())
         trials = merge_trials(existing_trials, experiments)
         best = merge_best(existing_best, experiments)
@@ -241,9 +248,9 @@ def draw_figures(
 
 
 def aggregate(
-    storages: list[Path | str],
-    tables_dir: Path,
-    figures_dir: Path | None,
+    storages: list[Path | str] | tuple[Path | str, ...] = (DEFAULT_STORAGE,),
+    tables_dir: Path | str = PUBLISHED_TABLES_DIR,
+    figures_dir: Path | str | None = PUBLISHED_FIGURES_DIR,
     *,
     merge: bool = True,
     samples: bool = True,
@@ -291,18 +298,19 @@ def _aggregate(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m results.aggregate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="made-aggregate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--storage", action="append",
-                        help="experiment storage folder or URI, e.g. s3://bucket/prefix (repeatable; default ./runs)")
-    parser.add_argument("--tables-dir", type=Path, default=Path("results/tables"))
-    parser.add_argument("--figures-dir", type=Path, default=Path("results/figures"))
+                        help=f"experiment storage folder or URI, e.g. s3://bucket/prefix (repeatable; unset: {DEFAULT_STORAGE})")
+    parser.add_argument("--tables-dir", type=Path, default=PUBLISHED_TABLES_DIR, help="where the tables are written")
+    parser.add_argument("--figures-dir", type=Path, default=PUBLISHED_FIGURES_DIR, help="where the figures are drawn")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
     parser.add_argument("--no-samples", action="store_true", help="skip the samples figure (needs the model)")
     parser.add_argument("--replace", action="store_true", help="rebuild the tables from these storages only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
-    storages = args.storage or ["runs"]
+    storages = args.storage or [DEFAULT_STORAGE]
     try:
         result = aggregate(
             storages,

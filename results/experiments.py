@@ -224,7 +224,8 @@ def scan_storages(storages: list[Path]) -> tuple[list[Experiment], list[Skipped]
         if not storage.is_dir():
             logger.warning("storage %s does not exist or is not a folder; nothing read from it", storage)
             continue
-        for folder in sorted(p for p in storage.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        folders = (p for p in storage.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in schema.STORAGE_OUTPUT_FOLDERS)
+        for folder in sorted(folders):
             try:
                 experiment = read_experiment(folder)
             except ExperimentError as error:

@@ -98,12 +98,17 @@ BEST_TABLE_COLUMNS = (
 # right after this column.
 BEST_TABLE_HYPERPARAMETERS_AFTER = "delta_vs_mask_sampling"
 
+# The commit column of the aggregated tables: provenance's git_commit, with "-dirty"
+# appended when git_dirty; empty for experiments without provenance.
+COMMIT_COLUMN = "commit"
+
 # Always written after BEST_TABLE_COLUMNS (empty where they do not apply):
 BEST_TABLE_EXTRA_COLUMNS = (
     "test_masks",  # best.json's test_masks: the size of the ensemble test_nll and valid_nll used
     "true_test_nll",  # synthetic data: the exact NLL of the true distribution on the test set
     "delta_vs_true",  # test_nll - true_test_nll (>= 0 up to noise)
     "note",  # EXPERIMENT_OPTIONAL_KEYS["data_note"], e.g. "stand-in binarization of MNIST"
+    COMMIT_COLUMN,
 )
 
 # Optional keys an experiment.json may carry beyond EXPERIMENT_KEYS.
@@ -111,6 +116,33 @@ EXPERIMENT_OPTIONAL_KEYS = (
     "data_note",  # free text copied into the best table's `note` column
     "true_test_nll",  # synthetic datasets: exact test NLL of the generating distribution
 )
+
+# Keys search.run writes into every experiment.json beyond EXPERIMENT_KEYS (experiments
+# written by older versions may lack any of them; readers must cope).
+EXPERIMENT_RUN_KEYS = (
+    "optuna_storage",  # SQLAlchemy URL of the Optuna study
+    "study_name",  # the Optuna study's name in it (experiments may share one)
+    "resumes",  # how many times --resume continued the sweep
+    "resume_commands",  # the command of each resume
+    "stopped_by_time_budget",
+    "settings",  # every setting of the sweep as resolved (flags, --config file, defaults), by flag name
+    "space_data",  # the search space as data (spaces.SearchSpace.to_data): what --resume uses
+    "provenance",  # PROVENANCE_KEYS: where and with what the sweep ran
+)
+PROVENANCE_KEYS = (
+    "python",  # version
+    "python_executable",
+    "packages",  # {"made-search": version, "torch": ..., "ray": ..., "optuna": ..., "numpy": ...}
+    "git_commit",  # the project's commit when run from a git checkout, else null
+    "git_dirty",  # tracked files differed from that commit (null outside a checkout)
+    "host",
+    "platform",
+    "cpu",  # CPU model
+    "gpus",  # CUDA device names, [] without CUDA
+)
+
+# Folders of a storage that hold the sweeps' aggregated tables and figures, not experiments.
+STORAGE_OUTPUT_FOLDERS = ("tables", "figures")
 
 # Optional keys a best.json may carry beyond BEST_KEYS (it wins over experiment.json).
 BEST_OPTIONAL_KEYS = (
@@ -120,7 +152,8 @@ BEST_OPTIONAL_KEYS = (
 )
 
 # trials.csv under results/tables/: these, then TRIAL_COLUMNS, then ALL_TRIALS_TEST_COLUMN,
-# then one column per hyperparameter.
+# then COMMIT_COLUMN (absent from tables written before it existed), then one column per
+# hyperparameter.
 ALL_TRIALS_LEADING_COLUMNS = ("dataset", "experiment")
 # Filled only for each experiment's best trial (the only one evaluated on the test set).
 ALL_TRIALS_TEST_COLUMN = "test_nll"

@@ -62,8 +62,21 @@ def required_best_columns() -> list[str]:
 
 def all_trials_columns(hyperparameters: Iterable[str]) -> list[str]:
     """Columns of the aggregated trials.csv."""
-    fixed = [*schema.ALL_TRIALS_LEADING_COLUMNS, *schema.TRIAL_COLUMNS, schema.ALL_TRIALS_TEST_COLUMN]
+    fixed = [*required_trials_columns(), schema.COMMIT_COLUMN]
     return fixed + [h for h in order_hyperparameters(hyperparameters) if h not in fixed]
+
+
+def required_trials_columns() -> list[str]:
+    """Columns an existing trials table must have to be merged (older tables lack the commit)."""
+    return [*schema.ALL_TRIALS_LEADING_COLUMNS, *schema.TRIAL_COLUMNS, schema.ALL_TRIALS_TEST_COLUMN]
+
+
+def experiment_commit(experiment: Experiment) -> str | None:
+    """The commit an experiment ran (schema.COMMIT_COLUMN), None when its experiment.json has no provenance."""
+    recorded = experiment.info.get("provenance")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("git_commit"), str):
+        return None
+    return recorded["git_commit"] + ("-dirty" if recorded.get("git_dirty") else "")
 
 
 def _number(value: Any) -> float:
@@ -94,6 +107,7 @@ def experiment_trials(experiment: Experiment) -> pd.DataFrame:
     if experiment.best is not None:
         test[frame["trial_id"] == experiment.best["trial_id"]] = _number(experiment.best["test_nll"])
     frame[schema.ALL_TRIALS_TEST_COLUMN] = test
+    frame[schema.COMMIT_COLUMN] = experiment_commit(experiment)
     return frame[all_trials_columns(experiment.hyperparameters)]
 
 
@@ -137,6 +151,7 @@ def experiment_best_row(experiment: Experiment) -> dict[str, Any] | None:
         "sweep_num_trials": num_trials if math.isfinite(num_trials) else float(len(experiment.trials)),
         "true_test_nll": _true_test_nll(experiment),
         "note": info.get("data_note") if isinstance(info.get("data_note"), str) else None,
+        schema.COMMIT_COLUMN: experiment_commit(experiment),
     }
     for key, value in best["config"].items():
         if key not in row:  # a config key never overwrites a result column

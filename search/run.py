@@ -1,15 +1,19 @@
-"""``python -m search.run --dataset dna``: a hyperparameter sweep of MADE with Ray Tune + Optuna.
+"""``python -m search.run --dataset dna`` (``made-search``): a hyperparameter sweep of MADE with Ray Tune + Optuna.
 
 The driver validates its input (exit 2 with one line on bad input), loads the data once,
 starts or joins Ray, runs the sweep (OptunaSearch proposes, ASHA stops bad trials early),
 then evaluates the best trial by validation NLL once on the test set and writes the
-experiment's files (trials.csv, curves.csv, best.json, best_model/) and refreshes the
-result tables. ``--resume`` continues an interrupted sweep without losing finished trials.
+experiment's files (trials.csv, curves.csv, best.json, best_model/) and the aggregated
+tables and figures of its storage (``<storage>/tables``, ``<storage>/figures``; ``--publish``
+writes the project's ``results/`` instead). ``--resume`` continues an interrupted sweep
+without losing finished trials. ``search.sweep`` is the same sweep called from Python.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import logging
 import os
 import re
 import shlex
@@ -20,18 +24,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from made_core.cli import DefaultsHelpFormatter
 from results import schema
+from results.aggregate import DEFAULT_STORAGE, PUBLISHED_FIGURES_DIR, PUBLISHED_TABLES_DIR
+from search.settings import UsageError, read_config
 from search.storage import STAGING_ENV
 
 EXIT_BAD_INPUT = 2
 EXIT_NO_RESULT = 1
-DEFAULT_STORAGE = "runs"
+EXIT_INTERRUPTED = 130
 # Settings a resumed sweep takes from experiment.json, not from the new command line.
 RESUMED_SETTINGS = ("dataset", "space", "seed", "num_samples", "max_epochs")
+# --tracking NAME: the Python package it needs and the extra that installs it.
+TRACKING_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
 
-
-class UsageError(ValueError):
-    """Bad command-line input: reported as one line and exit status 2."""
+logger = logging.getLogger("search")
 
 
 def parse_duration(text: str) -> float:
@@ -51,39 +58,71 @@ def parse_duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n\n")[0])
+    from made_core.train import SAMPLING_TEST_MASK_CHOICES  # torch is loaded by made_core already
+
+    parser = argparse.ArgumentParser(prog="made-search", description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     add = parser.add_argument
+    add("--config", default=None, metavar="FILE",
+        help="YAML file of settings (keys: these flags' names, dashes or underscores); flags given here override it")
     add("--dataset", required=True, help="dataset name: mnist, adult, connect4, dna, ..., synthetic-mob, synthetic-tiny")
     add("--space", default="default", help="search space: default, paper, quick, or a .py/.yaml/.json file")
     add("--num-samples", type=int, default=16, help="number of trials")
     add("--max-epochs", type=int, default=200, help="epochs per trial at most (ASHA's max_t)")
     add("--grace-period", type=int, default=None,
-        help="epochs before ASHA may stop a trial (default: a fifth of --max-epochs, at least 1)")
+        help="epochs before ASHA may stop a trial (unset: a fifth of --max-epochs, at least 1)")
     add("--patience", type=int, default=30, help="early-stopping patience in epochs (the paper's 30)")
-    add("--time-budget", default=None, help="stop the sweep cleanly after this long (e.g. 30m, 2h) and still report")
-    add("--cpus-per-trial", type=float, default=1.0)
-    add("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5")
-    add("--concurrency", type=int, default=None, help="trials at once (default: as many as resources allow)")
-    add("--address", default=None, help="join a running Ray cluster (e.g. auto or HOST:6379); default: start Ray here")
-    add("--num-cpus", type=int, default=None, help="CPUs for a locally started Ray (default: all)")
+    add("--time-budget", default=None, help="stop the sweep cleanly after this long (e.g. 30m, 2h) and still report (unset: no limit)")
+    add("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved for each trial")
+    add("--gpus-per-trial", type=float, default=0.0, help="GPUs for each trial, fractions allowed, e.g. 0.5")
+    add("--concurrency", type=int, default=None, help="trials at once (unset: as many as resources allow)")
+    add("--address", default=None, help="join a running Ray cluster (e.g. auto or HOST:6379); unset: start Ray here")
+    add("--num-cpus", type=int, default=None, help="CPUs for a locally started Ray (unset: all)")
     add("--storage", default=DEFAULT_STORAGE, help="parent folder or URI (s3://bucket/prefix, gs://...) of experiment folders")
     add("--local-dir", default=None,
         help=f"URI storage only: local staging folder for the driver's files and the SQLite study "
-             f"(default: ${STAGING_ENV}, else ~/.cache/made-search/experiments)")
+             f"(unset: ${STAGING_ENV}, else ~/.cache/made-search/experiments)")
     add("--shared-storage", action="store_true", help="declare a local --storage path shared by every node (e.g. NFS)")
-    add("--name", default=None, help="experiment name (default: <dataset>-<space>-<UTC time>)")
-    add("--resume", action="store_true", help="continue the interrupted sweep --name (default: the newest for --dataset)")
-    add("--seed", type=int, default=0)
-    add("--data-dir", default=None, help="folder of .npz files (default: $MADE_DATA_DIR, else a cache dir)")
-    add("--test-masks", type=int, default=None, help="test ensemble size (default: the trial's num_masks; 32 for mask sampling)")
-    add("--valid-masks", type=int, default=None, help="validation ensemble size (default: min(num_masks, 8))")
-    add("--optuna-storage", default=None, help="SQLAlchemy URL of the Optuna study (default: sqlite file in the experiment)")
+    add("--name", default=None, help="experiment name (unset: <dataset>-<space>-<UTC time>)")
+    add("--resume", action="store_true", help="continue the interrupted sweep --name (unset --name: the newest for --dataset)")
+    add("--seed", type=int, default=0, help="seed of the sampler and of every trial")
+    add("--data-dir", default=None, help="folder of .npz files (unset: $MADE_DATA_DIR, else a cache dir)")
+    add("--test-masks", type=int, default=None,
+        help="test ensemble size (unset: all K masks of a cycled model; for a mask-sampling model the size "
+             f"among {', '.join(map(str, SAMPLING_TEST_MASK_CHOICES))} with the lowest validation NLL)")
+    add("--valid-masks", type=int, default=None, help="validation ensemble size during training (unset: min(num_masks, 8))")
+    add("--optuna-storage", default=None,
+        help="SQLAlchemy URL of the Optuna study, e.g. postgresql://user@host/db (unset: sqlite file in the experiment)")
+    add("--study-name", default=None,
+        help="Optuna study name; experiments given the same --optuna-storage and --study-name continue one study "
+             "(unset: the experiment name)")
     add("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint")
     add("--checkpoint-every", type=int, default=1, help="epochs between trial checkpoints")
-    add("--tables-dir", default="results/tables", help="aggregated tables to refresh at the end")
-    add("--figures-dir", default="results/figures", help="figures to refresh at the end")
+    add("--tracking", choices=tuple(TRACKING_PACKAGES), default=None,
+        help="also log every trial to MLflow or Weights & Biases through Ray Tune's callbacks (extras mlflow, wandb; unset: neither)")
+    add("--tables-dir", default=None, help="aggregated tables to refresh at the end (unset: <storage>/tables)")
+    add("--figures-dir", default=None, help="figures to refresh at the end (unset: <storage>/figures)")
+    add("--publish", action="store_true",
+        help=f"refresh the project's published {PUBLISHED_TABLES_DIR} and {PUBLISHED_FIGURES_DIR} instead")
     add("--no-tables", action="store_true", help="do not refresh the aggregated tables and figures")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="debug messages and Ray Tune's own trial table")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line over the settings of its ``--config`` file (UsageError for a bad file)."""
+    parser = build_parser()
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--config")
+    config_file = early.parse_known_args(argv)[0].config
+    if config_file:
+        settings = read_config(config_file, parser)
+        parser.set_defaults(**settings)
+        for action in parser._actions:
+            if action.dest in settings:
+                action.required = False
+    return parser.parse_args(argv)
 
 
 # -- validation -------------------------------------------------------------------------
@@ -175,6 +214,12 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     _require(args.valid_masks is None or args.valid_masks >= 1, f"--valid-masks must be >= 1, got {args.valid_masks}")
     _require(args.grace_period <= args.max_epochs, f"--grace-period ({args.grace_period}) exceeds --max-epochs ({args.max_epochs})")
     _require(args.address is None or args.num_cpus is None, "--num-cpus applies to a local Ray only, not with --address")
+    if args.tracking is not None:
+        package = TRACKING_PACKAGES[args.tracking]
+        _require(
+            importlib.util.find_spec(package) is not None,
+            f"--tracking {args.tracking} needs the {package} package: pip install 'made-search[{args.tracking}]'",
+        )
     time_budget = parse_duration(args.time_budget) if args.time_budget else None
     try:
         dataset = canonical_name(args.dataset)
@@ -197,6 +242,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         else:
             name = name or f"{dataset}-{Path(args.space).stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
             _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) is not None, f"--name {name!r}: use letters, digits, '.', '_' and '-'")
+            _require(name not in schema.STORAGE_OUTPUT_FOLDERS, f"--name {name!r} is reserved for the storage's aggregated outputs")
             folder = ExperimentFolder(storage, name, _staging_root(args))
             _require(
                 not folder.exists(),
@@ -208,7 +254,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         raise UsageError(str(error)) from None
     space_source = previous.get("space", args.space)
     try:
-        space = get_space(space_source)
+        space = frozen_space(previous) if previous.get("space_data") else get_space(space_source)
     except SpaceError as error:
         raise UsageError(str(error)) from None
     # URI storage: SQLite cannot live in an object store, so the default study stays in the
@@ -231,12 +277,34 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         concurrency=args.concurrency,
         seed=int(previous.get("seed", args.seed)),
         optuna_storage=optuna_storage,
+        study_name=args.study_name or previous.get("study_name") or name,
         test_masks=args.test_masks,
         valid_masks=args.valid_masks,
         max_failures=args.max_failures,
         checkpoint_every=args.checkpoint_every,
+        tracking=args.tracking,
+        verbose=args.verbose,
     )
     return plan, previous
+
+
+def frozen_space(previous: dict[str, Any]) -> Any:
+    """The search space stored in a resumed experiment's experiment.json, not the file it came from.
+
+    Logs a note when that file still exists and now defines a different space.
+    """
+    from spaces import SearchSpace, SpaceError, get_space
+
+    source = str(previous["space"])
+    space = SearchSpace.from_data(previous["space_data"], default_name=Path(source).stem, source=source)
+    try:
+        on_disk = get_space(source).to_data()
+    except SpaceError:
+        on_disk = None  # gone or broken: the stored copy is all there is
+    if on_disk is not None and on_disk != space.to_data():
+        logger.warning("the search space %s has changed since this sweep started; the resumed sweep uses the space "
+                       "stored in its %s", source, schema.EXPERIMENT_FILE)
+    return space
 
 
 def check_cluster(plan: Any, shared_storage: bool) -> int:
@@ -274,11 +342,12 @@ def _utc_iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
-def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: float, data: Any) -> dict[str, Any]:
-    """experiment.json's fields. ``started`` is this run's ``time.time()`` at its start: the
-    sweep's start unless it resumes an earlier one, whose ``started_at`` is kept."""
+def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: float, data: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """experiment.json's fields (keys: results.schema). ``started`` is this run's ``time.time()`` at
+    its start: the sweep's start unless it resumes an earlier one, whose ``started_at`` is kept.
+    ``run`` holds this run's command, resolved settings and provenance."""
     wall = float(previous.get("wall_seconds", 0.0)) + (time.time() - started)
-    this_command = shlex.join([sys.executable, "-m", "search.run", *sys.argv[1:]])
+    this_command = run["command"]
     info = {
         "experiment": plan.name,
         "dataset": plan.dataset,
@@ -295,7 +364,11 @@ def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: 
         "command": previous.get("command") or this_command,
         "resume_commands": [*previous.get("resume_commands", []), this_command] if previous else [],
         "optuna_storage": plan.optuna_storage,
+        "study_name": plan.study_name,
         "resumes": int(previous.get("resumes", -1)) + 1,
+        "settings": run["settings"],
+        "space_data": plan.space.to_data(),
+        "provenance": run["provenance"],
     }
     if data.true_test_nll is not None:
         info["true_test_nll"] = data.true_test_nll
@@ -304,15 +377,47 @@ def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: 
     return info
 
 
-def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Namespace) -> int:
+def resolved_settings(plan: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Every setting by flag name as this run uses it (a resumed sweep's stored ones included)."""
+    from search.settings import setting_actions
+
+    settings = {dest: getattr(args, dest, None) for dest in setting_actions(build_parser())}
+    settings.update(
+        dataset=plan.dataset, space=plan.space_source, seed=plan.seed, num_samples=plan.num_samples,
+        max_epochs=plan.max_epochs, grace_period=plan.grace_period, name=plan.name, storage=plan.storage,
+        optuna_storage=plan.optuna_storage, study_name=plan.study_name,
+    )
+    return settings
+
+
+def output_dirs(args: argparse.Namespace, folder: Any) -> tuple[Path, Path]:
+    """Where the aggregated tables and figures go: the storage's own (for a URI, its local
+    staging copy's) unless --publish or explicit folders say otherwise."""
+    if args.publish:
+        return PUBLISHED_TABLES_DIR, PUBLISHED_FIGURES_DIR
+    tables, figures = schema.STORAGE_OUTPUT_FOLDERS
+    return (
+        Path(args.tables_dir) if args.tables_dir else folder.local_storage / tables,
+        Path(args.figures_dir) if args.figures_dir else folder.local_storage / figures,
+    )
+
+
+def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Namespace, command: str) -> Any:
+    """Run (or resume) the sweep and evaluate its best trial; returns a ``search.SweepResult``.
+
+    Raises ``search.NoResultError`` when no trial produced a finite validation NLL.
+    """
     import ray
 
     from made_core.train import describe_test_mask_choice
-    from search.experiment import BEST_MODEL_FOLDER, evaluate_best, read_trials, write_json, write_trial_files
+    from search.api import NoResultError, SweepResult
+    from search.experiment import BEST_MODEL_FOLDER, evaluate_best, read_trials, trials_table, write_json, write_trial_files
+    from search.provenance import provenance
     from search.storage import STUDY_UPLOAD_SECONDS, PeriodicUpload, remove_stale_staging
     from search.tuner import ProgressPrinter, make_trainable, make_tuner, restore_tuner
 
     started = time.time()
+    run = {"command": command, "settings": resolved_settings(plan, args), "provenance": provenance()}
     folder = experiment_folder(plan, args)
     # Where the driver writes: the experiment folder itself, or for a URI its local staging
     # folder, published to the URI at the points the local version writes.
@@ -322,32 +427,30 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         study_file = None  # a SQLite file of the user's own (--optuna-storage): left where it is
     if folder.is_uri:
         if not previous and remove_stale_staging(experiment_path):
-            print(f"note: removed a stale staging folder {experiment_path} (no such experiment at {folder.location})", flush=True)
+            logger.info("note: removed a stale staging folder %s (no such experiment at %s)", experiment_path, folder.location)
         if study_file is not None:
             if previous and not study_file.exists() and folder.download(schema.STUDY_FILE, study_file):
-                print(f"note: fetched the Optuna study's last uploaded copy to {study_file}", flush=True)
-            print(
-                f"note: the Optuna study is SQLite in the local staging folder ({study_file}), uploaded to "
-                f"{folder.remote(schema.STUDY_FILE)} every {STUDY_UPLOAD_SECONDS // 60:.0f} minutes and at the end; on a cluster prefer "
-                f"--optuna-storage postgresql://...",
-                flush=True,
+                logger.info("note: fetched the Optuna study's last uploaded copy to %s", study_file)
+            logger.info(
+                "note: the Optuna study is SQLite in the local staging folder (%s), uploaded to %s every %.0f minutes "
+                "and at the end; on a cluster prefer --optuna-storage postgresql://...",
+                study_file, folder.remote(schema.STUDY_FILE), STUDY_UPLOAD_SECONDS // 60,
             )
     experiment_path.mkdir(parents=True, exist_ok=True)
     marker = experiment_path / schema.EXPERIMENT_FILE
-    write_json(marker, _experiment_info(plan, previous, "running", started, data))
+    write_json(marker, _experiment_info(plan, previous, "running", started, data, run))
     folder.publish(schema.EXPERIMENT_FILE)
     trainable = make_trainable(plan, data.train, data.valid)
     progress = ProgressPrinter(plan.num_samples)
     resuming = bool(previous)
     if resuming and not ray.tune.Tuner.can_restore(folder.location):
-        print(f"note: {plan.name} has no restorable Ray state yet; starting its sweep afresh", flush=True)
+        logger.info("note: %s has no restorable Ray state yet; starting its sweep afresh", plan.name)
         resuming = False
-    tuner = restore_tuner(folder.location, trainable) if resuming else make_tuner(plan, trainable, progress)
-    print(
-        f"sweep {plan.name}: {plan.num_samples} trials of space {plan.space_source!r} on {plan.dataset} "
-        f"({data.train.shape[0]} train rows, D={data.input_dim}), up to {plan.max_epochs} epochs each; "
-        f"folder {folder.location}" + (f" (staged in {experiment_path})" if folder.is_uri else ""),
-        flush=True,
+    tuner = restore_tuner(folder.location, trainable) if resuming else make_tuner(plan, trainable, progress, experiment_path)
+    logger.info(
+        "sweep %s: %d trials of space %r on %s (%d train rows, D=%d), up to %d epochs each; folder %s%s",
+        plan.name, plan.num_samples, plan.space_source, plan.dataset, data.train.shape[0], data.input_dim, plan.max_epochs,
+        folder.location, f" (staged in {experiment_path})" if folder.is_uri else "",
     )
     status = "finished"
     study_upload = PeriodicUpload(folder, study_file, schema.STUDY_FILE) if study_file is not None else nullcontext()
@@ -356,12 +459,12 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
             tuner.fit()
     except KeyboardInterrupt:
         status = "interrupted"
-        print("interrupted: finished trials are kept; continue with --resume", file=sys.stderr, flush=True)
+        logger.warning("interrupted: finished trials are kept; continue with --resume")
 
     records = read_trials(folder.location)
     write_trial_files(experiment_path, records)
     completed = sum(1 for r in records if r.status == "TERMINATED")
-    info = _experiment_info(plan, previous, status, started, data)
+    info = _experiment_info(plan, previous, status, started, data, run)
     info["num_trials"] = len(records)
     # The time budget can end a sweep before every trial ran; the sweep still reports.
     info["stopped_by_time_budget"] = status == "finished" and len(records) < plan.num_samples
@@ -380,74 +483,144 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     if folder.is_uri and study_file is not None:
         folder.publish_sqlite(study_file, schema.STUDY_FILE)
     failed = sum(1 for r in records if r.status == "ERROR")
-    print(f"{len(records)} trials: {completed} completed, {failed} failed; wall time {info['wall_seconds']:.0f} s", flush=True)
+    logger.info("%d trials: %d completed, %d failed; wall time %.0f s", len(records), completed, failed, info["wall_seconds"])
     if best is None:
-        print("no trial produced a finite validation NLL; nothing to evaluate", file=sys.stderr)
-        return EXIT_NO_RESULT
+        raise NoResultError(f"no trial of {plan.name} produced a finite validation NLL; nothing to evaluate")
     masks = best["test_masks"]
     chosen = best["valid_nll_by_test_masks"]
     choice = f"\n  test ensemble chosen on validation: {describe_test_mask_choice(chosen)}" if len(chosen) > 1 else ""
-    print(
-        f"best trial {best['trial_id']} (sweep valid NLL {best['sweep_valid_nll']:.3f}): with {masks} mask{'s' if masks > 1 else ''}, "
-        f"valid NLL {best['valid_nll']:.3f}, test NLL {best['test_nll']:.3f} ± {best['test_nll_stderr']:.3f}{choice}\n"
-        f"  config: {best['config']}\n  written: {folder.remote(schema.BEST_FILE)}",
-        flush=True,
+    logger.info(
+        "best trial %s (sweep valid NLL %.3f): with %d mask%s, valid NLL %.3f, test NLL %.3f ± %.3f%s\n  config: %s\n  written: %s",
+        best["trial_id"], best["sweep_valid_nll"], masks, "s" if masks > 1 else "", best["valid_nll"], best["test_nll"],
+        best["test_nll_stderr"], choice, best["config"], folder.remote(schema.BEST_FILE),
     )
+    tables_dir = None
     if not args.no_tables:
         from results.aggregate import aggregate
 
+        tables, figures = output_dirs(args, folder)
         try:
             # For a URI, the staged copies of its experiments (this machine's) stand in for it.
-            result = aggregate([folder.local_storage], Path(args.tables_dir), Path(args.figures_dir))
+            result = aggregate([folder.local_storage], tables, figures)
         except Exception as error:  # noqa: BLE001 - the sweep's own files are written; say how to redo the tables
-            print(
-                f"error: refreshing the tables failed ({type(error).__name__}: {error}); the experiment is complete, "
-                f"rerun: python -m results.aggregate --storage {shlex.quote(plan.storage)}",
-                file=sys.stderr,
+            logger.error(
+                "refreshing the tables failed (%s: %s); the experiment is complete, rerun: python -m results.aggregate --storage %s",
+                type(error).__name__, error, shlex.quote(plan.storage),
             )
-            return EXIT_NO_RESULT
-        print(f"tables refreshed: {', '.join(str(p) for p in result.tables.values())}", flush=True)
-    return 0 if status == "finished" else 130
+        else:
+            tables_dir = tables
+            logger.info("tables refreshed: %s", ", ".join(str(p) for p in result.tables.values()))
+    return SweepResult(
+        experiment=plan.name,
+        dataset=plan.dataset,
+        path=folder.location,
+        status=status,
+        best_config=dict(best["config"]),
+        test_nll=float(best["test_nll"]),
+        test_nll_stderr=float(best["test_nll_stderr"]),
+        valid_nll=float(best["valid_nll"]),
+        test_masks=int(masks),
+        trial_id=str(best["trial_id"]),
+        trials=trials_table(records),
+        tables_dir=tables_dir,
+    )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        plan, previous = make_plan(args)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
+def execute(args: argparse.Namespace, command: str) -> Any:
+    """Validate ``args``, load the data, run the sweep on a Ray started here (or the one this
+    process already joined) and return its ``SweepResult``. Bad input raises UsageError
+    before anything is written."""
     from made_core.data import DatasetError, load_dataset
 
+    plan, previous = make_plan(args)
     try:
         data = load_dataset(plan.dataset, data_dir=args.data_dir)
     except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise UsageError(str(error)) from None
 
     import ray
 
     # Forced experiment snapshots after checkpoints are what makes --resume lose nothing; Ray
     # warns about their frequency on every epoch of short trials.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if args.address:
+    own_ray = not ray.is_initialized()
+    if not own_ray:
+        _require(args.address is None and args.num_cpus is None, "Ray is already initialised in this process: drop --address/--num-cpus")
+    elif args.address:
         ray.init(address=args.address, log_to_driver=True)
     else:
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-    from search.storage import StorageError
-
     try:
         check_cluster(plan, args.shared_storage)
-        return run_sweep(plan, previous, data, args)
+        return run_sweep(plan, previous, data, args, command)
+    finally:
+        if own_ray:
+            ray.shutdown()
+
+
+class _CurrentStream(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout``/``sys.stderr`` is at the time (test capture swaps them)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._name = name
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return getattr(sys, self._name)
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+class _LevelPrefix(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """The command line's output: progress on stdout, warnings and errors on stderr.
+
+    Quiet: warnings and errors only; verbose: debug messages too (Ray Tune's own trial
+    table is turned on by the tuner).
+    """
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    out, err = _CurrentStream("stdout"), _CurrentStream("stderr")
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    out.setFormatter(logging.Formatter("%(message)s"))
+    err.setLevel(logging.WARNING)
+    err.setFormatter(_LevelPrefix())
+    for name in ("search", "results"):
+        named = logging.getLogger(name)
+        named.handlers = [out, err]
+        named.setLevel(level)
+        named.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parse_args(argv)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except StorageError as error:  # an upload or download failed mid-sweep
+    configure_logging(args.verbose, args.quiet)
+
+    from search.api import NoResultError
+    from search.storage import StorageError
+
+    try:
+        result = execute(args, shlex.join([sys.executable, "-m", "search.run", *argv]))
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (StorageError, NoResultError) as error:  # an upload or download failed mid-sweep; or no trial finished
         print(f"error: {error}", file=sys.stderr)
         return EXIT_NO_RESULT
-    finally:
-        ray.shutdown()
+    if result.status != "finished":
+        return EXIT_INTERRUPTED
+    return EXIT_NO_RESULT if result.tables_dir is None and not args.no_tables else 0
 
 
 if __name__ == "__main__":

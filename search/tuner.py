@@ -6,8 +6,9 @@ scheduler and the run config -> ``tune.Tuner``.
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.trainable import OBJECTIVE, TrialSettings, train_made
 from spaces import SearchSpace
+
+logger = logging.getLogger("search")
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,13 @@ class SweepPlan:
     concurrency: int | None
     seed: int
     optuna_storage: str
+    study_name: str  # the Optuna study in optuna_storage (several experiments may continue one)
     test_masks: int | None
     valid_masks: int | None
     max_failures: int
     checkpoint_every: int
+    tracking: str | None = None  # "mlflow" | "wandb": Ray Tune's logger callback for it
+    verbose: bool = False  # Ray Tune's own trial table
 
     @property
     def experiment_path(self) -> Path:
@@ -115,12 +121,35 @@ def make_searcher(plan: SweepPlan) -> OptunaSearch:
         metric=OBJECTIVE,
         mode="min",
         sampler=sampler,
-        study_name=plan.name,
+        study_name=plan.study_name,
         storage=storage,
     )
 
 
-def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback) -> tune.Tuner:
+def tracking_callbacks(plan: SweepPlan, experiment_path: Path) -> list[tune.Callback]:
+    """Ray Tune's own MLflow or W&B logger callback for ``plan.tracking`` (none without).
+
+    Their local files go into the experiment folder, never the working directory: MLflow's
+    file store unless $MLFLOW_TRACKING_URI names a server, W&B's run folder unless $WANDB_DIR.
+    """
+    if plan.tracking == "mlflow":
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None:
+            uri = (experiment_path / "mlruns").resolve().as_uri()
+            # MLflow 3 refuses its file store unless asked: it needs no server and no extra packages.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=plan.name)]
+    if plan.tracking == "wandb":
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        folder = os.environ.get("WANDB_DIR") or str(experiment_path.resolve())
+        return [WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", "made-search"), group=plan.name, dir=folder)]
+    return []
+
+
+def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback, experiment_path: Path) -> tune.Tuner:
     # Rungs on the trainer's own epoch count: a trial restored from an older checkpoint than
     # its last report repeats epochs, and Ray's training_iteration would count them twice.
     scheduler = ASHAScheduler(time_attr="epoch", max_t=plan.max_epochs, grace_period=plan.grace_period, reduction_factor=3)
@@ -141,8 +170,9 @@ def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback) -> tune
         # (num_to_keep=1 with a checkpoint every epoch floods the log).
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-        callbacks=[progress],
-        verbose=0,
+        callbacks=[progress, *tracking_callbacks(plan, experiment_path)],
+        # 2: Ray Tune's trial status table and per-trial results.
+        verbose=2 if plan.verbose else 0,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
@@ -159,9 +189,8 @@ class ProgressPrinter(tune.Callback):
     counts are recomputed from the trial list Ray passes in.
     """
 
-    def __init__(self, num_samples: int, stream: Any = None) -> None:
+    def __init__(self, num_samples: int) -> None:
         self.num_samples = num_samples
-        self.stream = stream or sys.stdout
         self.started = time.monotonic()
         self.last_heartbeat = 0.0
 
@@ -180,11 +209,9 @@ class ProgressPrinter(tune.Callback):
         result = trial.last_result or {}
         value = result.get(OBJECTIVE)
         shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else "-"
-        print(
+        logger.info(
             f"[{self._elapsed()}] trial {trial.trial_id} {what} after {result.get('epoch', 0)} epochs: "
             f"best valid NLL {shown} | {done}/{self.num_samples} done, sweep best {self._best(trials):.3f}",
-            file=self.stream,
-            flush=True,
         )
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -195,11 +222,9 @@ class ProgressPrinter(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         epoch = (trial.last_result or {}).get("epoch", 0)
-        print(
+        logger.info(
             f"[{self._elapsed()}] trial {trial.trial_id} failed at epoch {epoch} (its worker died or it raised); "
             f"retrying from its last checkpoint",
-            file=self.stream,
-            flush=True,
         )
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
@@ -210,10 +235,8 @@ class ProgressPrinter(tune.Callback):
         self.last_heartbeat = now
         running = [t for t in trials if t.status == "RUNNING"]
         epochs = ", ".join(f"{t.trial_id}@{(t.last_result or {}).get('epoch', 0)}" for t in running)
-        print(
+        logger.info(
             f"[{self._elapsed()}] {len(running)} running ({epochs or 'starting'}), "
             f"{sum(1 for t in trials if t.status in ('TERMINATED', 'ERROR'))}/{self.num_samples} done, "
             f"sweep best {self._best(trials):.3f}",
-            file=self.stream,
-            flush=True,
         )

@@ -11,15 +11,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_driver(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """``python -m search.run <argv>`` in the repository root, in its own session, output as text."""
+def start_driver(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> subprocess.Popen:
+    """``python -m search.run <argv>`` in ``cwd`` (the repository root), in its own session, output as text."""
     command = [sys.executable, "-m", "search.run", *argv]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -38,3 +39,23 @@ def finish(process: subprocess.Popen, timeout: float = 300) -> str:
         kill_group(process)
         process.wait()
     return output
+
+
+def kill_after_finished(process: subprocess.Popen, count: int, timeout: float = 300) -> list[str]:
+    """Read the driver's progress until ``count`` trials have finished, then SIGKILL its group
+    (nothing gets to clean up); returns the ids of the finished trials."""
+    finished: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        for line in process.stdout:
+            if " finished after " in line:
+                finished.append(line.split(" trial ")[1].split()[0])
+                if len(finished) == count:
+                    time.sleep(1.0)  # let the next trial get going so there is unfinished work
+                    break
+            assert time.monotonic() < deadline, f"sweep too slow to reach {count} finished trials"
+    finally:
+        kill_group(process)
+        process.wait()
+    assert len(finished) == count, f"the driver ended after {len(finished)} finished trials"
+    return finished

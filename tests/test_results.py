@@ -175,6 +175,19 @@ def test_paper_numbers_for_dna_and_mnist():
     assert dna["MADE mask sampling"] == pytest.approx(79.66)
 
 
+def test_paper_mnist_rows_checked_against_other_sources():
+    mnist = load_paper_nll("mnist")
+    row = lambda model, layers, masks=None: mnist[  # noqa: E731
+        (mnist["model"] == model) & (mnist["hidden_layers"] == layers) & (masks is None or mnist["num_masks"] == masks)
+    ].iloc[0]
+    eonade_1hl = row("EoNADE", 1)
+    assert eonade_1hl["test_nll"] == pytest.approx(87.71) and "128 orderings" in eonade_1hl["note"]  # 90.69 is 2 orderings
+    assert eonade_1hl["verified"] and row("EoNADE", 2)["verified"] and row("MADE", 1, 32)["verified"]
+    assert row("MADE", 1, 32)["test_nll"] == pytest.approx(88.04)
+    mushrooms = load_paper_nll("mushrooms").set_index("model")
+    assert mushrooms.loc["EoNADE", "test_nll"] == pytest.approx(9.68) and not mushrooms.loc["EoNADE", "verified"]
+
+
 def test_paper_table_shape_and_datasets():
     table = load_paper_nll()
     assert tuple(table.columns) == schema.PAPER_NLL_COLUMNS
@@ -582,3 +595,26 @@ def test_concurrent_aggregations_never_corrupt_tables(tmp_path: Path):
     assert sorted(best["dataset"]) == ["adult", "connect4", "dna", "web"]  # no writer lost another's rows
     assert len(pd.read_csv(tables / schema.ALL_TRIALS_TABLE)) == 4 * 30
     assert not list(tables.glob(".*.tmp"))
+
+
+def test_tables_carry_each_rows_commit_and_old_tables_still_merge(tmp_path: Path):
+    runs = tmp_path / "runs"
+    provenance = {"provenance": {"git_commit": "0123456789abcdef0123456789abcdef01234567", "git_dirty": True}}
+    write_experiment(runs, "new", "dna", [("n_00000", 84.0, config(1, "natural"))], ("n_00000", 84.0, 85.0), extra_info=provenance)
+    write_experiment(runs, "old", "mushrooms", [("o_00000", 9.9, config(1, "natural"))], ("o_00000", 9.9, 9.8))
+    (runs / "tables").mkdir()  # the storage's own aggregated outputs are not an experiment
+    tables = tmp_path / "tables"
+    # A trials table written before the commit column existed still merges (its rows are kept).
+    tables.mkdir()
+    legacy = ["dataset", "experiment", *schema.TRIAL_COLUMNS, schema.ALL_TRIALS_TEST_COLUMN]
+    pd.DataFrame([["adult", "legacy", "l_00000", 1, "TERMINATED", 4, 13.5, 14.0, 1.0, "", 0, 13.4]], columns=legacy).to_csv(
+        tables / schema.ALL_TRIALS_TABLE, index=False
+    )
+    result = aggregate([runs], tables, None)
+    assert result.skipped == []
+    best = pd.read_csv(tables / schema.BEST_TABLE, dtype={schema.COMMIT_COLUMN: str}).set_index("dataset")
+    assert best.loc["dna", schema.COMMIT_COLUMN] == "0123456789abcdef0123456789abcdef01234567-dirty"
+    assert pd.isna(best.loc["mushrooms", schema.COMMIT_COLUMN])  # no provenance: empty
+    trials = pd.read_csv(tables / schema.ALL_TRIALS_TABLE, dtype={schema.COMMIT_COLUMN: str}).set_index("experiment")
+    assert set(trials.index) == {"new", "old", "legacy"}
+    assert trials.loc["new", schema.COMMIT_COLUMN].endswith("-dirty") and pd.isna(trials.loc["legacy", schema.COMMIT_COLUMN])

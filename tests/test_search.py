@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,20 +15,11 @@ import optuna
 import pandas as pd
 import pytest
 
-from driver_processes import ROOT, finish, kill_group, start_driver
+from driver_processes import finish, kill_after_finished, kill_group, start_driver
 from results import schema
 from search.run import UsageError, main, parse_duration
 from spaces import HYPERPARAMETERS
 
-
-
-@pytest.fixture
-def ray_env():
-    """Environment for a driver subprocess: its own short RAY_TMPDIR, no token auth."""
-    temp = tempfile.mkdtemp(prefix="msr", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = dict(os.environ, RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
-    yield env
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 def start_sweep(tmp_path: Path, env: dict, *extra: str) -> subprocess.Popen:
@@ -116,20 +105,7 @@ def test_resume_after_driver_killed_loses_nothing(tmp_path, ray_env):
     common = ["--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "6", "--max-epochs", "8",
               "--grace-period", "8", "--name", "resumable", "--concurrency", "1"]  # fmt: skip
     process = start_sweep(tmp_path, ray_env, *common)
-    finished_before_kill: list[str] = []
-    deadline = time.monotonic() + 240
-    try:
-        for line in process.stdout:  # kill once two trials have finished
-            if " finished after " in line:
-                finished_before_kill.append(line.split(" trial ")[1].split()[0])
-                if len(finished_before_kill) == 2:
-                    time.sleep(1.0)  # let a third trial get going so there is unfinished work
-                    break
-            assert time.monotonic() < deadline, "sweep too slow to reach two finished trials"
-    finally:
-        kill_group(process)  # SIGKILL the driver and its local Ray: nothing gets to clean up
-        process.wait()
-    assert len(finished_before_kill) == 2
+    finished_before_kill = kill_after_finished(process, 2, timeout=240)
     experiment = tmp_path / "runs" / "resumable"
     assert not (experiment / schema.BEST_FILE).exists()
 
