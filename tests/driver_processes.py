@@ -45,9 +45,11 @@ def kill_after_finished(process: subprocess.Popen, count: int, timeout: float = 
     """Read the driver's progress until ``count`` trials have finished, then SIGKILL its group
     (nothing gets to clean up); returns the ids of the finished trials."""
     finished: list[str] = []
+    lines: list[str] = []
     deadline = time.monotonic() + timeout
     try:
         for line in process.stdout:
+            lines.append(line)
             if " finished after " in line:
                 finished.append(line.split(" trial ")[1].split()[0])
                 if len(finished) == count:
@@ -57,5 +59,5 @@ def kill_after_finished(process: subprocess.Popen, count: int, timeout: float = 
     finally:
         kill_group(process)
         process.wait()
-    assert len(finished) == count, f"the driver ended after {len(finished)} finished trials"
+    assert len(finished) == count, f"the driver ended after {len(finished)} finished trials:\n" + "".join(lines[-40:])
     return finished

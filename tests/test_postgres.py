@@ -40,7 +40,7 @@ def postgres_url():
     binaries = _server_binaries()
     if binaries is None:
         pytest.skip("no PostgreSQL server here (initdb/pg_ctl not found): apt-get install -y postgresql, as .ci/run does")
-    pytest.importorskip("psycopg2", reason="the postgres extra is not installed (pip install -e '.[postgres]')")
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed (pip install -e '.[postgres]')")
     root = Path(tempfile.mkdtemp(prefix="mspg", dir="/tmp"))
     as_server_user: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres account the package made
