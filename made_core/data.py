@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from made_core.files import atomic_write
+from made_core.files import atomic_write, user_cache_dir
 from made_core.synthetic import (
     BernoulliMixture,
     MixtureRecipe,
@@ -222,10 +222,7 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     from_env = os.environ.get(DATA_DIR_ENV, "")
     if from_env:
         return Path(from_env).expanduser()
-    # The XDG spec says a relative XDG_CACHE_HOME is invalid and must be ignored.
-    xdg_cache = os.environ.get("XDG_CACHE_HOME", "")
-    cache_root = Path(xdg_cache) if xdg_cache and os.path.isabs(xdg_cache) else Path.home() / ".cache"
-    return cache_root / "made-search" / "datasets"
+    return user_cache_dir() / "datasets"
 
 
 def true_distribution(name: str) -> BernoulliMixture:

@@ -20,6 +20,15 @@ from pathlib import Path
 from typing import Any
 
 
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/made-search``, else ``~/.cache/made-search``: the one rule for where
+    the project caches datasets and staged experiments. The XDG spec says a relative
+    ``XDG_CACHE_HOME`` is invalid and must be ignored."""
+    xdg_cache = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(xdg_cache) if xdg_cache and os.path.isabs(xdg_cache) else Path.home() / ".cache"
+    return root / "made-search"
+
+
 def fsync_file(path: Path) -> None:
     """Flush ``path``'s data to disk (a read-only descriptor is enough for fsync on POSIX)."""
     descriptor = os.open(path, os.O_RDONLY)

@@ -10,7 +10,7 @@ where it writes ``experiment.json``, ``trials.csv``, ``curves.csv``, ``best.json
   This is exactly the behaviour before URIs were supported.
 - **URI**: the driver writes into a local *staging* folder,
   ``<staging root>/<storage slug>-<hash>/<name>/`` (staging root: ``--local-dir``, else
-  ``$MADE_SEARCH_STAGING``, else ``$XDG_CACHE_HOME/made-search/experiments`` or
+  ``$MADE_SEARCH_STAGING``, else ``$XDG_CACHE_HOME/made-search/experiments`` (an absolute one) or
   ``~/.cache/made-search/experiments``), and ``publish`` uploads the files named to
   ``<uri>/<name>/`` (a folder: every file in it). One object per file: S3 and GCS make an
   object visible only once it is fully written, so readers never see half a file.
@@ -138,10 +138,11 @@ def check_writable(storage: str) -> None:
 
 def default_staging_root() -> Path:
     """$MADE_SEARCH_STAGING, else the user's cache folder's made-search/experiments."""
+    from made_core.files import user_cache_dir
+
     if os.environ.get(STAGING_ENV):
         return Path(os.environ[STAGING_ENV]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(cache).expanduser() / "made-search" / "experiments"
+    return user_cache_dir() / "experiments"
 
 
 def staging_storage(uri: str, root: Path | None = None) -> Path:
