@@ -4,11 +4,10 @@ Run ``python -m made_core.bench [--quick] [--device cpu|cuda] [--threads N] [--p
 
 1. Training. Examples/s of the real training step for a MADE and for an MLP with the same
    layers, initial weights, optimiser and batches but no masks. The step is the Trainer's
-   ``training_step`` (gather a minibatch, logits under the step's mask, BCE-with-logits
+   step (``made_core.steps``: gather a minibatch, logits under the step's mask, BCE-with-logits
    summed over dimensions / batch, zero_grad, backward, optimiser step, loss accumulated on
-   the device, one host sync per timed block; a fixed-mask MADE trains with its cut weights
-   held at zero, see ``MADE.training_logits``); the MADE and its optimiser are built by
-   ``Trainer`` itself. The two models are timed in alternating blocks in one process (A/B,
+   the device, one host sync per timed block); the MADE, its optimiser and its step strategy
+   are built by ``Trainer`` itself, and the MLP runs through ``DenseStep``, the same loop. The two models are timed in alternating blocks in one process (A/B,
    then B/A, ...), so a change in machine load hits both; MADE/MLP is the median over rounds
    of the ratio of adjacent blocks. Target: MADE/MLP >= ``TARGET_RATIO``. On the CPU the same
    ratio is also given by process CPU time, which other processes' load disturbs less.
@@ -51,7 +50,8 @@ from made_core.evaluate import as_tensor, evaluate_nll
 from made_core.fused_adam import MaskedAdam
 from made_core.hyperparameters import MASK_SAMPLING
 from made_core.model import ACTIVATION_FUNCTIONS, MADE
-from made_core.train import Trainer, TrainConfig, resolve_device, training_step
+from made_core.steps import DenseStep, TrainingStep
+from made_core.train import Trainer, TrainConfig, resolve_device
 
 TARGET_RATIO = 0.90
 INPUT_DIM = 784  # binarized MNIST
@@ -160,10 +160,8 @@ class BenchReport:
 
 # -- the baseline --------------------------------------------------------------------
 class UnmaskedMLP(nn.Module):
-    """The layers of a MADE, copied with their current weights, used without masks.
-
-    ``training_logits`` and ``zero_cut_weights_`` mirror MADE's so the same training step drives both.
-    """
+    """The layers of a MADE, copied with their current weights, used without masks; trained
+    through ``made_core.steps.DenseStep``, the same loop as the MADE's own step."""
 
     def __init__(self, made: MADE) -> None:
         super().__init__()
@@ -181,11 +179,6 @@ class UnmaskedMLP(nn.Module):
             logits = logits + F.linear(x, self.direct_layer.weight)
         return logits
 
-    def training_logits(self, x: torch.Tensor, step: int) -> torch.Tensor:
-        return self.logits(x)
-
-    def zero_cut_weights_(self) -> None:
-        """Nothing is cut in an MLP."""
 
 
 # -- timing helpers ------------------------------------------------------------------
@@ -196,8 +189,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def train_block(
-    model: MADE | UnmaskedMLP,
-    optimizer: torch.optim.Optimizer,
+    train_step: TrainingStep,
     rows: torch.Tensor,
     order: torch.Tensor,
     first_step: int,
@@ -206,18 +198,17 @@ def train_block(
 ) -> torch.Tensor:
     """Run ``steps`` training steps as ``Trainer.run_epoch`` does; returns the summed loss.
 
-    Step s is ``training_step`` on minibatch ``s mod (len(order) // batch_size)`` of
-    ``rows[order]``, after ``zero_cut_weights_()`` as at the start of an epoch. The loss stays on
+    Step s is ``train_step`` on minibatch ``s mod (len(order) // batch_size)`` of
+    ``rows[order]``. The loss stays on
     the device (the Trainer syncs once per epoch); the caller syncs once per block by reading it.
     A test checks that this and ``Trainer.run_epoch`` give bit-identical weights.
     """
     total_loss = torch.zeros((), device=rows.device, dtype=torch.float64)
     batches = len(order) // batch_size
-    model.zero_cut_weights_()
     for step in range(first_step, first_step + steps):
         start = (step % batches) * batch_size
         batch = rows[order[start : start + batch_size]]
-        total_loss += training_step(model, optimizer, batch, step).double() * len(batch)  # type: ignore[arg-type]
+        total_loss += train_step(batch, step).double() * len(batch)
     return total_loss
 
 
@@ -279,14 +270,14 @@ def benchmark_training(
 
     for mask_index in range(num_masks):  # build every cached mask before timing
         made.masks(mask_index)
-    contenders = {"MADE": (made, made_optimizer), "MLP": (mlp, mlp_optimizer)}
+    contenders = {"MADE": trainer.train_step, "MLP": DenseStep(mlp, mlp_optimizer)}
     next_step = dict.fromkeys(contenders, 0)
 
     def run_block(name: str, steps: int) -> Timing:
-        model, optimizer = contenders[name]
+        train_step = contenders[name]
         first = next_step[name]
         next_step[name] += steps
-        return timed(lambda: float(train_block(model, optimizer, device_rows, order, first, steps, BATCH_SIZE)), trainer.device)
+        return timed(lambda: float(train_block(train_step, device_rows, order, first, steps, BATCH_SIZE)), trainer.device)
 
     for name in contenders:
         run_block(name, settings.warmup_steps)

@@ -29,7 +29,7 @@ import torch
 from made_core.allocator import opted_out
 from made_core.hyperparameters import MASK_SAMPLING
 from made_core.masks import LayerDegrees, make_degrees
-from made_core.model import MADE, training_linear
+from made_core.model import MADE
 
 OPT_OUT_VARIABLE = "MADE_FUSED_ADAM"
 
@@ -190,9 +190,10 @@ class MaskedAdam(torch.optim.Optimizer):
     """Adam (L2 weight decay, as ``torch.optim.Adam``) for a MADE with several masks, fused with
     its mask products; see the module docstring. Its state has ``torch.optim.Adam``'s layout.
 
-    A step is ``logits = optimizer.training_logits(x, step)``, a loss, ``backward()``, then
-    ``optimizer.step()``. The masked weights prepared by a step are used by the next
-    ``training_logits`` only if nothing else has written the weights since (``tensor._version``).
+    A step (``made_core.steps.FusedAdamStep``) is a forward pass with
+    ``optimizer.masked_weights_for(step)``, a loss, ``backward()``, then ``optimizer.step()``. The
+    masked weights prepared by a step are used by the next one only if nothing else has written
+    the weights since (``tensor._version``).
     """
 
     def __init__(self, model: MADE, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
@@ -215,7 +216,7 @@ class MaskedAdam(torch.optim.Optimizer):
             layers: Iterable[LayerDegrees] = make_degrees(
                 model.input_dim, model.hidden_sizes, model.ordering, model.seed, mask_index, model.direct_connection
             )
-            cached = tuple((layer.rows.float(), layer.columns.float(), 0.0 if layer.strict else 1.0) for layer in layers)
+            cached = tuple((layer.rows.float(), layer.columns.float(), float(layer.shift)) for layer in layers)
             if model.num_masks != MASK_SAMPLING:  # sampled masks are used once
                 self._degree_cache[mask_index] = cached
         return cached
@@ -228,21 +229,20 @@ class MaskedAdam(torch.optim.Optimizer):
         with torch.no_grad():
             return tuple(self._kernels.masked_weight(w, *layer) for w, layer in zip(weights, degrees))
 
-    def training_logits(self, x: torch.Tensor, step: int) -> torch.Tensor:
-        """(B, D) logits for training minibatch number ``step``, as ``MADE.training_logits``, whose
-        weight gradients are unmasked until ``step()`` masks them."""
+    def masked_weights_for(self, step: int) -> tuple[torch.Tensor, ...]:
+        """The masked weights of training step ``step``, in ``masked_layers()`` order, for the
+        forward pass (``made_core.steps.FusedAdamStep``); the step's gradients reach the raw
+        weights unmasked, and ``step()`` masks them."""
         degrees = self._degrees(step)
-        masked = self._masked_weights(step, degrees)
         self._current = (step, degrees)
-        layers = self.model.masked_layers()
-        return self.model._network(x, lambda inputs, i: training_linear(inputs, layers[i].weight, layers[i].bias, masked[i], None))
+        return self._masked_weights(step, degrees)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
         if closure is not None:
             raise ValueError("MaskedAdam does not take a closure")
         if self._current is None:
-            raise RuntimeError("MaskedAdam.step() needs a forward pass through training_logits() first")
+            raise RuntimeError("MaskedAdam.step() needs a forward pass with masked_weights_for() first")
         step_index, degrees = self._current
         next_degrees = self._degrees(step_index + 1)
         layers = self.model.masked_layers()

@@ -98,6 +98,13 @@ class LayerDegrees:
     columns: torch.Tensor  # (in_features,) long
     strict: bool
 
+    @property
+    def shift(self) -> int:
+        """The rule as one comparison for integer degrees: row r sees column c when
+        ``columns[c] < rows[r] + shift`` (1: ``>=``, 0: ``>``); ``fused_adam``'s kernel applies
+        exactly this to the same degrees."""
+        return 0 if self.strict else 1
+
     def mask(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(out_features, in_features) 0/1 mask in ``dtype`` on ``device``, written with no intermediate copy."""
         compare = torch.gt if self.strict else torch.ge

@@ -50,47 +50,6 @@ class MaskedWeights:
         return in_layer_order(self.hidden, self.output, self.direct)
 
 
-class _TrainingLinear(torch.autograd.Function):
-    """``x @ used_weight.T + bias`` whose gradient goes to ``weight``: ``x.T @ grad``, times
-    ``gradient_mask`` when one is given. See ``training_linear``."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, used_weight: torch.Tensor,
-        gradient_mask: torch.Tensor | None,
-    ) -> torch.Tensor:  # fmt: skip
-        ctx.save_for_backward(x, used_weight, gradient_mask)
-        ctx.has_bias = bias is not None
-        return F.linear(x, used_weight, bias)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, used_weight, gradient_mask = ctx.saved_tensors
-        grad_x = grad_output @ used_weight if ctx.needs_input_grad[0] else None
-        grad_weight = grad_output.t() @ x if ctx.needs_input_grad[1] else None
-        if grad_weight is not None and gradient_mask is not None:
-            grad_weight.mul_(gradient_mask)
-        grad_bias = grad_output.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias, None, None
-
-
-def training_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, used_weight: torch.Tensor,
-    gradient_mask: torch.Tensor | None,
-) -> torch.Tensor:  # fmt: skip
-    """A masked layer's output for training, computed with ``used_weight``, a masked copy of
-    ``weight`` or ``weight`` itself, with no weight x mask product in the step.
-
-    The gradient goes to ``weight``, times ``gradient_mask`` when given. A fixed-mask model
-    passes its weight with the cut entries already zero and its mask: a zero gradient moves no
-    zero weight in Adam, Adagrad, Adadelta or SGD (with or without L2 weight decay), so they stay
-    zero. ``MaskedAdam`` passes the masked weight it prepared and no mask: it masks the gradient
-    itself. Shapes: x (B, in), weight, used_weight and gradient_mask (out, in), bias (out,) or None.
-    """
-    return _TrainingLinear.apply(x, weight, bias, used_weight, gradient_mask)
-
-
 def mask_dtype(weight: torch.Tensor) -> torch.dtype:
     """The dtype masks are cached in for ``weight``'s device.
 
@@ -147,9 +106,6 @@ class MADE(nn.Module):
         self.output_layer = nn.Linear(sizes[-1], self.input_dim)
         self.direct_layer = nn.Linear(self.input_dim, self.input_dim, bias=False) if direct_connection else None
         self._mask_cache: OrderedDict[int, MaskSet] = OrderedDict()
-        # Whether zero_cut_weights_() ran since weights were last loaded (training_logits needs it).
-        self._cut_weights_zeroed = False
-        self.register_load_state_dict_post_hook(MADE._weights_loaded)
 
     # -- construction and persistence ------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -207,8 +163,9 @@ class MADE(nn.Module):
         """Every masked layer: the hidden layers in order, the output layer, then the direct layer."""
         return in_layer_order(self.hidden_layers, self.output_layer, self.direct_layer)
 
-    def _network(self, x: torch.Tensor, linear: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
-        """(B, D) logits, where ``linear(input, i)`` applies masked layer i of ``masked_layers()``."""
+    def network(self, x: torch.Tensor, linear: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+        """(B, D) logits, where ``linear(input, i)`` applies masked layer i of ``masked_layers()``
+        (the training steps of ``made_core.steps`` pass their own)."""
         act = ACTIVATION_FUNCTIONS[self.activation]
         hidden = x
         for i in range(len(self.hidden_layers)):
@@ -223,14 +180,15 @@ class MADE(nn.Module):
         hidden = tuple(layer.weight * mask for layer, mask in zip(self.hidden_layers, masks.hidden))
         return MaskedWeights(hidden, self.output_layer.weight * masks.output, direct)
 
-    def masked_weights(self, mask_index: int) -> MaskedWeights:
-        """The weights times the masks of ``mask_index``; reuse them across batches of one mask."""
-        return self._mask_weights(self.masks(mask_index))
+    def masked_weights(self, mask_index: int, cache: bool = True) -> MaskedWeights:
+        """The weights times the masks of ``mask_index``; reuse them across batches of one mask.
+        ``cache=False`` builds masks used only once without putting them in the mask cache."""
+        return self._mask_weights(self.masks(mask_index) if cache else self._build_masks(mask_index))
 
     def logits_with(self, x: torch.Tensor, weights: MaskedWeights) -> torch.Tensor:
         """(B, D) logits computed with already-masked ``weights`` (see ``masked_weights``)."""
         layers, masked = self.masked_layers(), weights.in_layer_order()
-        return self._network(x, lambda inputs, i: F.linear(inputs, masked[i], layers[i].bias))
+        return self.network(x, lambda inputs, i: F.linear(inputs, masked[i], layers[i].bias))
 
     def logits(self, x: torch.Tensor, mask_index: int | None = None) -> torch.Tensor:
         """(B, D) logits of p(x_d = 1 | x_<d) under mask ``mask_index`` (default 0)."""
@@ -238,46 +196,6 @@ class MADE(nn.Module):
 
     def forward(self, x: torch.Tensor, mask_index: int | None = None) -> torch.Tensor:
         return self.logits(x, mask_index)
-
-    # -- training ---------------------------------------------------------------------
-    @torch.no_grad()
-    def zero_cut_weights_(self) -> None:
-        """Set the weights that a fixed-mask model's (num_masks=1) mask cuts to zero.
-
-        The model computes the same function afterwards. ``training_logits`` relies on it; call
-        it again whenever anything but an optimiser step on training gradients has changed the
-        weights (the Trainer does at every epoch). A no-op for models with several masks,
-        whose masks cut different weights.
-        """
-        if self.num_masks == 1:
-            for layer, mask in zip(self.masked_layers(), self.masks(0).in_layer_order()):
-                layer.weight.mul_(mask)
-        self._cut_weights_zeroed = True
-
-    def training_logits(self, x: torch.Tensor, step: int) -> torch.Tensor:
-        """(B, D) logits for training minibatch number ``step``, under ``training_mask_index(step)``.
-
-        Same values and gradients as ``logits(x, training_mask_index(step))``. A fixed-mask
-        model skips its weight x mask products: after ``zero_cut_weights_()`` the cut weights
-        are zero and their gradients masked, so optimiser steps keep them zero.
-        """
-        if self.num_masks == MASK_SAMPLING:
-            # Each training mask is used once: build it without caching it, which would push
-            # the evaluation ensemble's masks out and keep claiming fresh memory.
-            return self.logits_with(x, self._mask_weights(self._build_masks(self.training_mask_index(step))))
-        if self.num_masks != 1:
-            return self.logits(x, self.training_mask_index(step))
-        if not self._cut_weights_zeroed:
-            raise RuntimeError("call zero_cut_weights_() before training_logits (and after loading weights)")
-        layers, masks = self.masked_layers(), self.masks(0).in_layer_order()
-        return self._network(
-            x, lambda inputs, i: training_linear(inputs, layers[i].weight, layers[i].bias, layers[i].weight, masks[i])
-        )
-
-    @staticmethod
-    def _weights_loaded(module: nn.Module, incompatible_keys: Any) -> None:
-        # Loaded weights may have nonzero cut entries (older checkpoints, other code).
-        module._cut_weights_zeroed = False
 
     @staticmethod
     def _log_likelihoods(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from made_core.files import atomic_write, load_torch_file
 from made_core.fused_adam import MaskedAdam, masked_adam_applies
 from made_core.hyperparameters import DEFAULTS, MASK_SAMPLING, PARAMETERS, add_flags, ensemble_size_allowed
 from made_core.model import MADE
+from made_core.steps import make_training_step
 # Validation runs every epoch, so it uses fewer masks than the test (see choose_test_masks).
 DEFAULT_VALID_MASKS = 8
 # A mask-sampling model can be averaged over any number of masks, and more masks cost only
@@ -179,26 +180,6 @@ def fused_kernel_supported(optimizer: str, device: torch.device) -> bool:
     return device.type == "cpu" and optimizer in {"adam", "adagrad"} and torch.__version__ >= (2, 4)
 
 
-def training_step(
-    model: MADE, optimizer: torch.optim.Optimizer, batch: torch.Tensor, step: int, grad_clip: float | None = None
-) -> torch.Tensor:
-    """One update on ``batch`` (B, D) under the mask of training step ``step``; returns the
-    detached loss, the NLL in nats per example, on the device (no host sync).
-
-    Needs ``model.zero_cut_weights_()`` since anything but this function last changed the weights.
-    """
-    # MaskedAdam masks the gradients itself and prepares the masked weights of the next step.
-    logits = optimizer.training_logits(batch, step) if isinstance(optimizer, MaskedAdam) else model.training_logits(batch, step)
-    # Sum over dimensions, mean over examples: the NLL in nats per example.
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch, reduction="sum") / len(batch)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return loss.detach()
-
-
 @dataclass(frozen=True)
 class EpochResult:
     """What one epoch produced. NLLs are nats per example; validation uses the mask ensemble.
@@ -252,6 +233,7 @@ class Trainer:
         self.train_rows = as_tensor(train_data, self.device, torch.float32)
         self.valid_rows = as_tensor(valid_data, self.device, torch.float32)
         self.optimizer = self._make_optimizer()
+        self.train_step = make_training_step(self.model, self.optimizer, config.grad_clip)
         self.shuffle_generator = torch.Generator().manual_seed(config.seed)
         self.progress = _Progress()
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -283,11 +265,9 @@ class Trainer:
         self.model.train()
         order = torch.randperm(len(self.train_rows), generator=self.shuffle_generator).to(self.device)
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
-        # Weights may have been loaded or edited since the last epoch (resume, hooks).
-        self.model.zero_cut_weights_()
         for batch_start in range(0, len(order), self.config.batch_size):
             batch = self.train_rows[order[batch_start : batch_start + self.config.batch_size]]
-            loss = training_step(self.model, self.optimizer, batch, self.progress.step, self.config.grad_clip)
+            loss = self.train_step(batch, self.progress.step)
             self.progress.step += 1
             total_loss += loss.double() * len(batch)
         train_nll = float(total_loss) / len(order)  # one device sync per epoch, not per step

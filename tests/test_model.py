@@ -10,6 +10,7 @@ import torch
 
 from made_core.evaluate import evaluate_nll, example_log_probs
 from made_core.hyperparameters import MASK_SAMPLING
+from made_core.steps import FixedMaskStep, make_training_step
 from made_core.masks import input_degrees, make_masks, make_ordering
 from made_core.model import MADE, load_model, save_model
 
@@ -61,12 +62,14 @@ def test_training_logits_equal_logits_with_the_same_gradients(num_masks, orderin
     model = MADE(7, (30, 25), num_masks, ordering, direct_connection, "tanh", seed=3).double()
     x = torch.rand(5, 7, dtype=torch.float64)
     before = model.log_prob(x)
-    model.zero_cut_weights_()
+    train_step = make_training_step(model, torch.optim.SGD(model.parameters(), lr=0.0))
+    if isinstance(train_step, FixedMaskStep):
+        train_step.zero_cut_weights()
     assert torch.allclose(model.log_prob(x), before, rtol=0, atol=1e-12), "zeroing cut weights changed the model"
     for step in range(3):
         mask_index = model.training_mask_index(step)
         results = []
-        for compute in (lambda v: model.training_logits(v, step), lambda v: model.logits(v, mask_index)):
+        for compute in (lambda v: train_step.logits(v, step), lambda v: model.logits(v, mask_index)):
             model.zero_grad()
             logits = compute(x)
             (logits * torch.linspace(-1, 1, 7, dtype=torch.float64)).sum().backward()
@@ -92,18 +95,16 @@ def test_training_logits_equal_logits_with_the_same_gradients(num_masks, orderin
     ids=["adam", "adam-fused", "adamw", "adagrad", "adadelta", "sgd-momentum"],
 )
 def test_fixed_mask_training_keeps_cut_weights_zero(make_optimizer):
-    from made_core.train import training_step
-
     torch.manual_seed(0)
     fast = MADE(8, (20, 16), 1, "random", direct_connection=True, seed=2).double()
     reference = MADE(8, (20, 16), 1, "random", direct_connection=True, seed=2).double()
     reference.load_state_dict(fast.state_dict())
-    fast.zero_cut_weights_()
     fast_optimizer, reference_optimizer = make_optimizer(fast.parameters()), make_optimizer(reference.parameters())
+    fast_step = FixedMaskStep(fast, fast_optimizer, grad_clip=1.0)  # zeroes the cut weights before its first step
     rows = (torch.rand(64, 8, generator=torch.Generator().manual_seed(1)) < 0.4).double()
     for step in range(30):
         batch = rows[(step % 4) * 16 : (step % 4 + 1) * 16]
-        training_step(fast, fast_optimizer, batch, step, grad_clip=1.0)
+        fast_step(batch, step)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(reference.logits(batch, 0), batch, reduction="sum") / 16
         reference_optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -121,23 +122,34 @@ def test_mask_sampling_training_masks_are_not_cached():
     model = MADE(6, (10,), num_masks=MASK_SAMPLING, ordering="agnostic")
     x = torch.rand(3, 6)
     ensemble = model.masks(0)
+    train_step = make_training_step(model, torch.optim.SGD(model.parameters(), lr=0.0))
     for step in range(5):
-        model.training_logits(x, step)
+        train_step.logits(x, step)
     assert list(model._mask_cache) == [0] and model.masks(0) is ensemble
 
 
-def test_training_logits_need_zeroed_cut_weights():
+def cut_weights_are_zero(model: MADE) -> bool:
+    return all(torch.all(layer.weight[mask == 0] == 0) for layer, mask in zip(model.masked_layers(), model.masks(0).in_layer_order()))
+
+
+def test_fixed_mask_step_zeroes_cut_weights_whenever_something_else_wrote_them():
     model = MADE(6, (10,), num_masks=1)
     x = torch.rand(3, 6)
-    with pytest.raises(RuntimeError, match="zero_cut_weights_"):
-        model.training_logits(x, 0)
-    model.zero_cut_weights_()
-    model.training_logits(x, 0)
-    model.load_state_dict(MADE(6, (10,), num_masks=1).state_dict())  # loaded weights may have cut entries
-    with pytest.raises(RuntimeError, match="zero_cut_weights_"):
-        model.training_logits(x, 0)
+    train_step = FixedMaskStep(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert not cut_weights_are_zero(model)  # a fresh model's initial weights are dense
+    assert torch.allclose(train_step.logits(x, 0), model.logits(x, 0), rtol=0, atol=1e-6)
+    assert cut_weights_are_zero(model)
+    train_step((x > 0.5).float(), 0)
+    assert cut_weights_are_zero(model)
+    model.load_state_dict(MADE(6, (10,), num_masks=1, seed=4).state_dict())  # loaded weights have cut entries
+    assert not cut_weights_are_zero(model)
+    assert torch.allclose(train_step.logits(x, 1), model.logits(x, 0), rtol=0, atol=1e-6)
+    assert cut_weights_are_zero(model)
     several = MADE(6, (10,), num_masks=3)
-    assert torch.equal(several.training_logits(x, 4), several.logits(x, 1))  # step 4 uses mask 4 mod 3
+    several_step = make_training_step(several, torch.optim.SGD(several.parameters(), lr=0.1))
+    assert torch.equal(several_step.logits(x, 4), several.logits(x, 1))  # step 4 uses mask 4 mod 3
+    with pytest.raises(ValueError, match="one mask"):
+        FixedMaskStep(several, torch.optim.SGD(several.parameters(), lr=0.1))
 
 
 def test_masks_follow_paper_degree_rules():
@@ -305,8 +317,7 @@ def test_fixed_mask_training_path_with_bool_masks(monkeypatch):
     def run(dtype):
         model = MADE(9, (20, 15), num_masks=1, ordering="random", direct_connection=True, seed=3).double()
         assert model.masks(0).output.dtype == dtype
-        model.zero_cut_weights_()
-        logits = model.training_logits(x, 0)
+        logits = FixedMaskStep(model, torch.optim.SGD(model.parameters(), lr=0.0)).logits(x, 0)
         logits.sum().backward()
         return [logits.detach()] + [p.detach().clone() for p in model.parameters()] + [p.grad.clone() for p in model.parameters()]
 
