@@ -6,7 +6,7 @@ settings, whether that recycles heap memory or makes the heap's top shrink and r
 every step depends on the process's allocation history. In the regrowing case a
 2 x 500, 32-mask MNIST step takes about 400 page faults, each zero-filling a fresh 4 KiB
 page: 10-20% of MADE's throughput against an unmasked MLP of the same shape in
-``python -m made_core.bench``, and the same in a plain training loop
+``python -m benchmarks.throughput``, and the same in a plain training loop
 (tests/test_allocator.py). Fixing the mmap threshold at 32 MiB and keeping up to 1 GiB
 of free heap brings the faults to about zero whatever the history.
 

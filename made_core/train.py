@@ -171,7 +171,7 @@ def fused_kernel_supported(optimizer: str, device: torch.device) -> bool:
     A fused optimizer updates a parameter in one pass instead of about ten. On the CPU it also
     avoids a slow path of the per-tensor kernels: torch's CPU sqrt is several times slower on
     exact zeros, and a MADE's masked weights get exactly zero gradients, so Adam's ``exp_avg_sq``
-    and Adagrad's ``sum`` are full of zeros (Adam: see ``python -m made_core.bench``; Adagrad's
+    and Adagrad's ``sum`` are full of zeros (Adam: see ``python -m benchmarks.throughput``; Adagrad's
     fused step on a 784 x 500 masked layer took 0.35 ms against 2.7 ms, one thread). Results
     differ from the per-tensor kernels by rounding only.
     """

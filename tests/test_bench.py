@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from made_core import bench
-from made_core.bench import (
+from benchmarks import throughput as bench
+from benchmarks.throughput import (
     BenchSettings,
     TrainingResult,
     UnmaskedMLP,

@@ -19,7 +19,7 @@ from search.run import build_parser, main, make_plan, parse_args
 from search.settings import setting_actions
 
 SCRIPTS = {"made-search": "search.run", "made-train": "made_core.train", "made-aggregate": "results.aggregate",
-           "made-bench": "made_core.bench"}  # fmt: skip
+           "made-bench": "benchmarks.throughput"}  # fmt: skip
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

@@ -1,6 +1,6 @@
 """Throughput benchmark: MADE training against an unmasked MLP, and mask-ensemble evaluation.
 
-Run ``python -m made_core.bench [--quick] [--device cpu|cuda] [--threads N] [--processes N] [--json PATH]``.
+Run ``python -m benchmarks.throughput [--quick] [--device cpu|cuda] [--threads N] [--processes N] [--json PATH]``.
 
 1. Training. Examples/s of the real training step for a MADE and for an MLP with the same
    layers, initial weights, optimiser and batches but no masks. The step is the Trainer's
@@ -313,7 +313,7 @@ def benchmark_training(
 def child_command(settings: BenchSettings, json_path: Path) -> list[str]:
     """The command line of a fresh process that measures section 1 under ``settings``."""
     command = [
-        sys.executable, "-m", "made_core.bench", "--training-only", "--processes", "1",
+        sys.executable, "-m", "benchmarks.throughput", "--training-only", "--processes", "1",
         "--device", settings.device, "--data", settings.data, "--threads", str(torch.get_num_threads()),
         "--repeats", str(settings.training_rounds), "--json", str(json_path),
         "--direct-connection" if settings.direct_connection else "--no-direct-connection",
