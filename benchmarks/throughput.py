@@ -51,7 +51,8 @@ from made_core.fused_adam import MaskedAdam
 from made_core.hyperparameters import MASK_SAMPLING
 from made_core.model import ACTIVATION_FUNCTIONS, MADE
 from made_core.steps import DenseStep, TrainingStep
-from made_core.train import Trainer, TrainConfig, resolve_device
+from made_core.config import TrainConfig, resolve_device
+from made_core.train import Trainer
 
 TARGET_RATIO = 0.90
 INPUT_DIM = 784  # binarized MNIST

@@ -15,7 +15,7 @@ _HOME = {
     "NLL": "evaluate", "evaluate_nll": "evaluate",
     "MASK_SAMPLING": "hyperparameters", "ORDERINGS": "hyperparameters", "make_masks": "masks",
     "MADE": "model", "load_model": "model", "save_model": "model",
-    "EpochResult": "train", "Trainer": "train", "TrainConfig": "train", "CheckpointError": "files",
+    "EpochResult": "train", "Trainer": "train", "TrainConfig": "config", "CheckpointError": "files",
 }  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """Training one MADE: minibatches, one mask per minibatch, validation, early stopping, checkpoints.
 
 ``Trainer.epochs()`` yields an ``EpochResult`` after every epoch, so a caller (the
-command line below, or a Ray Tune trainable) reports and checkpoints without writing
+command line in ``made_core.train_cli``, or a Ray Tune trainable) reports and checkpoints without writing
 its own loop. A checkpoint holds everything needed to continue bit for bit: weights,
 optimiser, the shuffling generator, the step counter and the early-stopping state.
 
@@ -10,13 +10,11 @@ Run ``python -m made_core.train --dataset dna`` to train one model.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import sys
 import time
-import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -24,144 +22,15 @@ import numpy as np
 import torch
 
 from made_core.allocator import keep_freed_memory
-from made_core.evaluate import NLL, as_tensor, ensemble_nlls, evaluate_nll
+from made_core.config import TrainConfig, resolve_device
+from made_core.evaluate import NLL, as_tensor, evaluate_nll
 from made_core.files import atomic_write, load_torch_file
 from made_core.fused_adam import MaskedAdam, masked_adam_applies
-from made_core.hyperparameters import DEFAULTS, MASK_SAMPLING, PARAMETERS, add_flags, ensemble_size_allowed
 from made_core.model import MADE
 from made_core.steps import make_training_step
-# Validation runs every epoch, so it uses fewer masks than the test (see choose_test_masks).
-DEFAULT_VALID_MASKS = 8
-# A mask-sampling model can be averaged over any number of masks, and more masks cost only
-# evaluation time; its test ensemble is the size among these with the lowest validation NLL
-# (on dna: validation 80.04 / 79.67 / 79.38 / 79.15 with 32 / 64 / 128 / 256 masks).
-SAMPLING_TEST_MASK_CHOICES: tuple[int, ...] = (32, 64, 128, 256)
+
 CHECKPOINT_FILE = "trainer.pt"
 _CHECKPOINT_KEYS = ("config", "model", "model_config", "optimizer", "shuffle_generator", "progress", "best_state")
-
-
-# TrainConfig's fields that are hyperparameters of the vocabulary (hidden_sizes stands for
-# hidden_layers x hidden_units); their defaults, domains and help live there.
-_HYPERPARAMETER_FIELDS = ("num_masks", "ordering", "direct_connection", "activation", "optimizer",
-                          "learning_rate", "momentum", "weight_decay", "batch_size")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines one training run. Field names match the search spaces'
-    hyperparameters, except ``hidden_sizes`` (spaces give ``hidden_layers`` x ``hidden_units``).
-    Their defaults are ``made_core.hyperparameters.DEFAULTS``.
-    """
-
-    hidden_sizes: tuple[int, ...] = (DEFAULTS["hidden_units"],) * DEFAULTS["hidden_layers"]
-    num_masks: int = DEFAULTS["num_masks"]
-    ordering: str = DEFAULTS["ordering"]
-    direct_connection: bool = DEFAULTS["direct_connection"]
-    activation: str = DEFAULTS["activation"]
-    optimizer: str = DEFAULTS["optimizer"]
-    learning_rate: float = DEFAULTS["learning_rate"]
-    momentum: float = DEFAULTS["momentum"]
-    weight_decay: float = DEFAULTS["weight_decay"]
-    batch_size: int = DEFAULTS["batch_size"]
-    grad_clip: float | None = None  # max gradient norm; None: no clipping
-    max_epochs: int = 200
-    patience: int = 30  # epochs without a better validation NLL before stopping (the paper's 30)
-    valid_masks: int | None = None  # validation ensemble; None: min(num_masks, 8), 8 for mask sampling
-    seed: int = 0
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    eval_batch_size: int = 1000
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
-        problems = []
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            problems.append(f"hidden_sizes must be positive sizes, got {list(self.hidden_sizes)}")
-        for name in _HYPERPARAMETER_FIELDS:
-            problem = PARAMETERS[name].problem_for_setting(getattr(self, name))
-            if problem:
-                problems.append(problem)
-        for name in ("max_epochs", "patience", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            problems.append(f"grad_clip must be > 0, got {self.grad_clip}")
-        if self.valid_masks is not None and not ensemble_size_allowed(self.valid_masks, self.num_masks):
-            limit = f"exceeds num_masks={self.num_masks}" if self.valid_masks >= 1 else "must be >= 1"
-            problems.append(f"valid_masks={self.valid_masks} {limit}")
-        if problems:
-            raise ValueError("invalid training configuration: " + "; ".join(problems))
-
-    @property
-    def validation_masks(self) -> int:
-        if self.valid_masks is not None:
-            return self.valid_masks
-        return DEFAULT_VALID_MASKS if self.num_masks == MASK_SAMPLING else min(self.num_masks, DEFAULT_VALID_MASKS)
-
-    @classmethod
-    def from_hyperparameters(cls, hyperparameters: Mapping[str, Any], **settings: Any) -> "TrainConfig":
-        """Build from a search-space config (``hidden_layers``, ``hidden_units``, ...) plus run settings.
-
-        Keys that are not training fields raise, so a misspelt hyperparameter is never ignored.
-        """
-        values = dict(hyperparameters)
-        if "hidden_layers" in values or "hidden_units" in values:
-            layers = int(values.pop("hidden_layers", DEFAULTS["hidden_layers"]))
-            units = int(values.pop("hidden_units", DEFAULTS["hidden_units"]))
-            values["hidden_sizes"] = (units,) * layers
-        values.update(settings)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-        return cls(**values)
-
-
-def check_test_masks(requested: int | None, num_masks: int, name: str = "test masks") -> None:
-    """Raise ValueError unless ``requested`` (None: the default) is a possible test ensemble size."""
-    if requested is not None and not ensemble_size_allowed(requested, num_masks):
-        raise ValueError(f"{name} must be between 1 and num_masks ({num_masks}), got {requested}")
-
-
-def describe_test_mask_choice(valid_by_size: Mapping[Any, float]) -> str:
-    """'32 masks 80.038, 64 masks 79.672, ...': the validation NLL of each candidate ensemble size."""
-    return ", ".join(f"{size} masks {nll:.3f}" for size, nll in valid_by_size.items())
-
-
-@dataclass(frozen=True)
-class TestEnsemble:
-    """The test-time ensemble size, chosen on the validation set, and the validation NLLs behind it."""
-
-    masks: int
-    valid: NLL  # the validation NLL with ``masks`` masks
-    valid_by_size: dict[int, float]  # every ensemble size evaluated on validation -> its NLL
-
-
-def choose_test_masks(
-    model: MADE, valid_rows: np.ndarray | torch.Tensor, requested: int | None = None, batch_size: int = 1000
-) -> TestEnsemble:
-    """The test ensemble of ``model``: ``requested`` masks when given, else all K masks of a
-    cycled model, else (mask sampling) the size in ``SAMPLING_TEST_MASK_CHOICES`` with the
-    lowest validation NLL (ties: the smaller). Never looks at test data."""
-    num_masks = model.num_masks
-    check_test_masks(requested, num_masks)
-    if requested is not None:
-        sizes: tuple[int, ...] = (requested,)
-    else:
-        sizes = SAMPLING_TEST_MASK_CHOICES if num_masks == MASK_SAMPLING else (num_masks,)
-    by_size = ensemble_nlls(model, valid_rows, sizes, batch_size)
-    masks = min(by_size, key=lambda size: (by_size[size].mean if math.isfinite(by_size[size].mean) else math.inf, size))
-    return TestEnsemble(masks, by_size[masks], {size: nll.mean for size, nll in by_size.items()})
-
-
-def resolve_device(requested: str) -> torch.device:
-    """"auto" picks CUDA when available; a CUDA request without CUDA falls back to the CPU with a warning."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(f"device {requested!r} requested but CUDA is not available; training on the CPU", stacklevel=2)
-        return torch.device("cpu")
-    return device
 
 
 def fused_kernel_supported(optimizer: str, device: torch.device) -> bool:
@@ -380,84 +249,8 @@ def load_best_model(directory: str | Path, map_location: str | torch.device = "c
     model.load_state_dict(state["best_state"] if state["best_state"] is not None else state["model"])
     return model.to(map_location)
 
-# -- command line ---------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig()
-    from made_core.cli import DefaultsHelpFormatter
-
-    parser = argparse.ArgumentParser(prog="made-train", description="Train one MADE and report its test NLL.",
-                                     formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("--dataset", required=True, help="dataset name (e.g. dna, mnist, synthetic-mob)")
-    parser.add_argument("--data-dir", default=None, help="folder of .npz files (default: $MADE_DATA_DIR, else a cache dir)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=list(defaults.hidden_sizes), help="hidden layer sizes, e.g. 500 500")
-    add_flags(parser, _HYPERPARAMETER_FIELDS)
-    parser.add_argument("--grad-clip", type=float, default=None, help="clip gradients to this norm (unset: no clipping)")
-    parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
-    parser.add_argument("--patience", type=int, default=defaults.patience)
-    parser.add_argument("--valid-masks", type=int, default=None, help="validation ensemble size (unset: min(num_masks, 8))")
-    parser.add_argument("--test-masks", type=int, default=None, help="test ensemble size (unset: all num_masks masks; for mask sampling, the size among "
-                        f"{', '.join(map(str, SAMPLING_TEST_MASK_CHOICES))} with the lowest validation NLL)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--checkpoint-dir", default=None, help="write a checkpoint here every epoch (unset: none)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
-    parser.add_argument("--save-model", default=None, help="folder to write the best model (model.pt) to (unset: not saved)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    from made_core.data import DatasetError, load_dataset  # the CLI needs data; the library does not
-
-    args = build_parser().parse_args(argv)
-    try:
-        if args.resume and not args.checkpoint_dir:
-            raise ValueError("--resume needs --checkpoint-dir")
-        config = TrainConfig(
-            hidden_sizes=tuple(args.hidden), **{name: getattr(args, name) for name in _HYPERPARAMETER_FIELDS},
-            grad_clip=args.grad_clip, max_epochs=args.max_epochs, patience=args.patience,
-            valid_masks=args.valid_masks, seed=args.seed, device=args.device,
-        )  # fmt: skip
-        check_test_masks(args.test_masks, config.num_masks, "--test-masks")
-        data = load_dataset(args.dataset, data_dir=args.data_dir)
-        if args.resume:
-            trainer = Trainer.from_checkpoint(args.checkpoint_dir, data.train, data.valid, args.device, args.max_epochs)
-        else:
-            trainer = Trainer(config, data.train, data.valid)
-    except (ValueError, DatasetError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-    print(f"{data.name}: {data.train.shape[0]}/{data.valid.shape[0]}/{data.test.shape[0]} rows, D={data.input_dim}; "
-          f"training on {trainer.device}; {trainer.config}", flush=True)  # fmt: skip
-    for result in trainer.epochs():
-        marker = " *" if result.is_best else ""
-        print(
-            f"epoch {result.epoch:4d}  train {result.train_nll:9.3f}  valid {result.valid_nll:9.3f}  "
-            f"best {result.best_valid_nll:9.3f} (epoch {result.best_epoch})  "
-            f"{result.epoch_seconds:6.2f}s  {result.examples_per_second:8.0f} ex/s{marker}",
-            flush=True,
-        )
-        if args.checkpoint_dir:
-            trainer.save_checkpoint(args.checkpoint_dir)
-    if trainer.progress.best_epoch == 0:
-        print(f"training diverged at epoch {trainer.progress.epoch}: no finite validation NLL; no test NLL reported", file=sys.stderr)
-        return 1
-    print(f"stopped: {trainer.progress.status} after {trainer.progress.epoch} epochs; best valid NLL "
-          f"{trainer.progress.best_valid_nll:.3f} at epoch {trainer.progress.best_epoch}")  # fmt: skip
-    if args.save_model:
-        from made_core.model import save_model
-
-        print(f"model written to {save_model(trainer.model, args.save_model)}")
-    ensemble = choose_test_masks(trainer.model, data.valid, args.test_masks, trainer.config.eval_batch_size)
-    if len(ensemble.valid_by_size) > 1:
-        print(f"test ensemble chosen on validation: {describe_test_mask_choice(ensemble.valid_by_size)}")
-    test = trainer.evaluate(data.test, ensemble.masks)
-    line = f"test NLL ({ensemble.masks} mask{'s' if ensemble.masks > 1 else ''}): {test}"
-    if data.true_test_nll is not None:
-        line += f"   (true NLL of the test set: {data.true_test_nll:.2f})"
-    print(line)
-    return 0
-
 
 if __name__ == "__main__":
+    from made_core.train_cli import main
+
     sys.exit(main())

@@ -21,7 +21,8 @@ import pandas as pd
 from made_core.evaluate import evaluate_nll
 from made_core.hyperparameters import capped_ensemble_size
 from made_core.model import save_model
-from made_core.train import choose_test_masks, load_best_model
+from made_core.ensembles import choose_test_masks
+from made_core.train import load_best_model
 from results import schema
 from results.atomic import atomic_write_csv, atomic_write_text
 from results.tables import order_hyperparameters
@@ -174,7 +175,7 @@ def evaluate_best(
 
     The best trial is the one with the lowest sweep objective (``best_valid_nll``, validation
     with the training run's small ensemble). Its test ensemble is chosen on the validation
-    set (``made_core.train.choose_test_masks``); best.json's ``valid_nll`` is the validation
+    set (``made_core.ensembles.choose_test_masks``); best.json's ``valid_nll`` is the validation
     NLL with that ensemble, so it and ``test_nll`` describe the same model, and the sweep's
     figure is kept as ``sweep_valid_nll``.
 

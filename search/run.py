@@ -58,7 +58,7 @@ def parse_duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from made_core.train import SAMPLING_TEST_MASK_CHOICES  # torch is loaded by made_core already
+    from made_core.ensembles import SAMPLING_TEST_MASK_CHOICES  # torch is loaded by made_core already
 
     parser = argparse.ArgumentParser(prog="made-search", description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     add = parser.add_argument
@@ -409,7 +409,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     """
     import ray
 
-    from made_core.train import describe_test_mask_choice
+    from made_core.ensembles import describe_test_mask_choice
     from search.api import NoResultError, SweepResult
     from search.experiment import BEST_MODEL_FOLDER, evaluate_best, read_trials, trials_table, write_json, write_trial_files
     from search.provenance import provenance

@@ -22,7 +22,8 @@ from ray import tune
 
 from made_core.files import CheckpointError
 from made_core.hyperparameters import capped_ensemble_size
-from made_core.train import Trainer, TrainConfig
+from made_core.config import TrainConfig
+from made_core.train import Trainer
 
 # A running minimum: Optuna records a trial that ASHA stopped with its last reported value,
 # which must be its best.

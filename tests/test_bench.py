@@ -29,7 +29,8 @@ from benchmarks.throughput import (
 )
 from made_core.model import MADE
 from made_core.steps import DenseStep
-from made_core.train import Trainer, TrainConfig
+from made_core.config import TrainConfig
+from made_core.train import Trainer
 
 
 def _finite_positive(value: float) -> bool:

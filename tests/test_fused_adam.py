@@ -13,7 +13,8 @@ from made_core.hyperparameters import MASK_SAMPLING
 from made_core.steps import FusedAdamStep
 from made_core.masks import make_degrees, make_masks
 from made_core.model import MADE
-from made_core.train import Trainer, TrainConfig
+from made_core.config import TrainConfig
+from made_core.train import Trainer
 
 ROWS = (np.random.default_rng(0).random((600, 12)) < 0.3).astype(np.float32)
 

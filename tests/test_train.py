@@ -14,7 +14,10 @@ import torch
 
 from made_core.data import load_dataset, true_distribution
 from made_core.evaluate import ensemble_nlls, evaluate_nll
-from made_core.train import SAMPLING_TEST_MASK_CHOICES, Trainer, TrainConfig, choose_test_masks, main
+from made_core.config import TrainConfig
+from made_core.ensembles import SAMPLING_TEST_MASK_CHOICES, choose_test_masks
+from made_core.train import Trainer
+from made_core.train_cli import main
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,20 @@ import spaces
 from made_core import hyperparameters as vocabulary
 from made_core.hyperparameters import DEFAULTS, PARAMETERS
 from made_core.model import ACTIVATION_FUNCTIONS, MADE
-from made_core.train import _HYPERPARAMETER_FIELDS, TrainConfig, build_parser
+from made_core.config import HYPERPARAMETER_FIELDS, TrainConfig
+from made_core.train_cli import build_parser
 
 
 def test_train_config_takes_every_default_from_the_vocabulary():
     config = TrainConfig()
-    assert set(_HYPERPARAMETER_FIELDS) == set(PARAMETERS) - {"hidden_layers", "hidden_units"}
-    for name in _HYPERPARAMETER_FIELDS:
+    assert set(HYPERPARAMETER_FIELDS) == set(PARAMETERS) - {"hidden_layers", "hidden_units"}
+    for name in HYPERPARAMETER_FIELDS:
         assert getattr(config, name) == DEFAULTS[name], name
     assert config.hidden_sizes == (DEFAULTS["hidden_units"],) * DEFAULTS["hidden_layers"]
     assert TrainConfig.from_hyperparameters(DEFAULTS) == config
 
 
-@pytest.mark.parametrize("name", [n for n in _HYPERPARAMETER_FIELDS if PARAMETERS[n].type is not bool])
+@pytest.mark.parametrize("name", [n for n in HYPERPARAMETER_FIELDS if PARAMETERS[n].type is not bool])
 def test_train_config_refuses_what_the_vocabulary_refuses(name):
     info = PARAMETERS[name]
     bad = "no-such-value" if info.type is str else info.minimum - 1  # every numeric one has a minimum
@@ -50,7 +51,7 @@ def test_training_cli_flags_follow_the_vocabulary():
     parser = build_parser()
     args = parser.parse_args(["--dataset", "dna"])
     actions = {action.dest: action for action in parser._actions}
-    for name in _HYPERPARAMETER_FIELDS:
+    for name in HYPERPARAMETER_FIELDS:
         info = PARAMETERS[name]
         assert getattr(args, name) == info.default, name
         action = actions[name]
