@@ -174,6 +174,7 @@ class UnmaskedMLP(nn.Module):
     def logits(self, x: torch.Tensor, mask_index: int | None = None) -> torch.Tensor:
         hidden = x
         for layer in self.hidden_layers:
+            assert isinstance(layer, nn.Linear)
             hidden = self.activation(F.linear(hidden, layer.weight, layer.bias))
         logits = F.linear(hidden, self.output_layer.weight, self.output_layer.bias)
         if self.direct_layer is not None:
@@ -379,7 +380,8 @@ def training_result_from_json(row: dict[str, object]) -> TrainingResult:
 # -- section 2: evaluation --------------------------------------------------------------
 def layer_weights(model: MADE) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """The chain of (out, in) weights input -> hidden ... -> output, and the direct weight."""
-    chain = [layer.weight for layer in model.hidden_layers] + [model.output_layer.weight]
+    *hidden, output = model.masked_layers()[: len(model.hidden_sizes) + 1]
+    chain = [layer.weight for layer in hidden] + [output.weight]
     return chain, None if model.direct_layer is None else model.direct_layer.weight
 
 
@@ -565,6 +567,7 @@ def _oversubscription_note(env: dict[str, object]) -> list[str]:
 def format_report(report: BenchReport) -> str:
     """The human-readable tables of both sections."""
     env, s = report.environment, report.settings
+    processes = int(s["processes"])  # type: ignore[call-overload]  # settings round-trip through JSON as plain values
     direct = "on" if s["direct_connection"] else "off"
     lines = [
         f"made_core benchmark{' (--quick)' if s['quick'] else ''}: torch {env['torch']}, device {env['device']} "
@@ -585,7 +588,7 @@ def format_report(report: BenchReport) -> str:
             [f"   measured in {s['processes']} fresh processes one after the other: ex/s and MADE/MLP are the",
              "   medians over processes of each one's figures, the IQRs are over all rounds pooled, and",
              "   'per process' lists each process's MADE/MLP;"]
-            if s["processes"] > 1 else []
+            if processes > 1 else []
         ),  # fmt: skip
         "   the verdict compares it with the target. 'by CPU time' is the same ratio from process CPU",
         "   seconds per example, which preemption by other processes disturbs less.",
@@ -593,7 +596,7 @@ def format_report(report: BenchReport) -> str:
         f"   (mask sampling), for information: the target is for {' and '.join(map(str, TARGET_MASK_COUNTS))} masks.",
         "",
         f"   {'hidden':<8} {'masks':>5} {'MADE ex/s':>11} {'MLP ex/s':>11} {'MADE/MLP':>9}  {'(IQR)':<15} "
-        f"{'by CPU time':>11}  {'(IQR)':<15} {'target':>6}  verdict" + ("  per process" if s["processes"] > 1 else ""),
+        f"{'by CPU time':>11}  {'(IQR)':<15} {'target':>6}  verdict" + ("  per process" if processes > 1 else ""),
     ]
     for row in report.training:
         lines.append(
@@ -617,11 +620,11 @@ def format_report(report: BenchReport) -> str:
         f"   {'hidden':<8} {'GFLOP':>7} {'examples/s':>11} {'ensemble GFLOP/s':>17} {'dense GFLOP/s':>14} "
         f"{'fraction of dense':>18} {'by CPU time':>12}",
     ]
-    for row in report.evaluation:
+    for evaluated in report.evaluation:
         lines.append(
-            f"   {layer_label(row.hidden_sizes):<8} {row.matmul_gflop:>7.1f} {row.examples_per_second:>11,.0f} "
-            f"{row.ensemble_gflops_per_second:>17.1f} {row.dense_gflops_per_second:>14.1f} {row.fraction_of_dense:>18.3f} "
-            f"{_ratio(row.fraction_of_dense_by_cpu_time):>12}"
+            f"   {layer_label(evaluated.hidden_sizes):<8} {evaluated.matmul_gflop:>7.1f} {evaluated.examples_per_second:>11,.0f} "
+            f"{evaluated.ensemble_gflops_per_second:>17.1f} {evaluated.dense_gflops_per_second:>14.1f} "
+            f"{evaluated.fraction_of_dense:>18.3f} {_ratio(evaluated.fraction_of_dense_by_cpu_time):>12}"
         )
     return "\n".join(lines)
 

@@ -16,4 +16,4 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._format_action(action)
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        return super()._get_help_string(action) if action.default is not None else (action.help or "")
+        return (super()._get_help_string(action) or "") if action.default is not None else (action.help or "")

@@ -101,8 +101,9 @@ class ParameterInfo:
                 return f"expected true or false, got {_show(value)} ({type(value).__name__})"
             return None
         if self.type is str:
-            if value not in self.choices:
-                return f"unknown value {_show(value)} (allowed: {', '.join(self.choices)})"
+            choices = self.choices or ()
+            if value not in choices:
+                return f"unknown value {_show(value)} (allowed: {', '.join(choices)})"
             return None
         if self.type is int and (isinstance(value, bool) or not isinstance(value, int)):
             return f"expected an integer, got {_show(value)} ({type(value).__name__})"

@@ -55,8 +55,11 @@ class MaskSet:
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "MaskSet":
         """The same masks on ``device``, in the weights' ``dtype`` (the ordering stays long)."""
-        move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
-        return MaskSet(self.order.to(device), tuple(move(m) for m in self.hidden), move(self.output), move(self.direct))
+        def move(mask: torch.Tensor) -> torch.Tensor:
+            return mask.to(device=device, dtype=dtype)
+
+        direct = None if self.direct is None else move(self.direct)
+        return MaskSet(self.order.to(device), tuple(move(m) for m in self.hidden), move(self.output), direct)
 
 
 def mask_generator(seed: int, mask_index: int) -> torch.Generator:

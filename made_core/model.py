@@ -21,7 +21,7 @@ from made_core.files import atomic_write, load_torch_file
 from made_core.hyperparameters import DEFAULTS, MASK_SAMPLING, PARAMETERS, ensemble_size_allowed
 from made_core.masks import MaskSet, build_masks, in_layer_order, make_masks, mask_generator
 
-ACTIVATION_FUNCTIONS = {"relu": F.relu, "tanh": torch.tanh}  # one per name in ACTIVATIONS
+ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "tanh": torch.tanh}  # one per ACTIVATIONS name
 # A mask-sampling model can be asked for any mask index (ensembles of any size); keep only the
 # newest on device, up to this many bytes of masks (at least one mask set). Its training masks,
 # each used once, are never cached.
@@ -161,7 +161,8 @@ class MADE(nn.Module):
     # -- the network ------------------------------------------------------------------
     def masked_layers(self) -> tuple[nn.Linear, ...]:
         """Every masked layer: the hidden layers in order, the output layer, then the direct layer."""
-        return in_layer_order(self.hidden_layers, self.output_layer, self.direct_layer)
+        hidden: list[nn.Linear] = list(self.hidden_layers)  # type: ignore[arg-type]  # a ModuleList of Linear
+        return in_layer_order(hidden, self.output_layer, self.direct_layer)
 
     def network(self, x: torch.Tensor, linear: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
         """(B, D) logits, where ``linear(input, i)`` applies masked layer i of ``masked_layers()``
@@ -176,8 +177,9 @@ class MADE(nn.Module):
         return logits
 
     def _mask_weights(self, masks: MaskSet) -> MaskedWeights:
-        direct = None if self.direct_layer is None else self.direct_layer.weight * masks.direct
-        hidden = tuple(layer.weight * mask for layer, mask in zip(self.hidden_layers, masks.hidden))
+        layers = self.masked_layers()
+        hidden = tuple(layer.weight * mask for layer, mask in zip(layers, masks.hidden))
+        direct = None if self.direct_layer is None or masks.direct is None else self.direct_layer.weight * masks.direct
         return MaskedWeights(hidden, self.output_layer.weight * masks.output, direct)
 
     def masked_weights(self, mask_index: int, cache: bool = True) -> MaskedWeights:

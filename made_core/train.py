@@ -46,7 +46,7 @@ def fused_kernel_supported(optimizer: str, device: torch.device) -> bool:
     """
     if device.type == "cuda":
         return optimizer == "adam"
-    return device.type == "cpu" and optimizer in {"adam", "adagrad"} and torch.__version__ >= (2, 4)
+    return device.type == "cpu" and optimizer in {"adam", "adagrad"} and torch.__version__ >= (2, 4)  # type: ignore[operator]
 
 
 @dataclass(frozen=True)

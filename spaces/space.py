@@ -130,7 +130,7 @@ class SearchSpace:
 
     def validate(self) -> None:
         """Check every entry and every dataset's layout; raise ``SpaceError`` on the first problem."""
-        layouts = {None: self._checked_layout(self.params, self.fixed, "")}
+        layouts: dict[str | None, Layout] = {None: self._checked_layout(self.params, self.fixed, "")}
         for dataset, override in self.dataset_overrides.items():
             path = f"datasets.{dataset}."
             _check_overlap(self.name, path, override.params, override.fixed)
@@ -271,6 +271,7 @@ def _check_overlap(space: str, path: str, searched: Mapping[str, Any], fixed: Ma
 
 
 def _check_condition(space: str, path: str, parameter: SearchedParameter) -> None:
+    assert parameter.when is not None  # called for conditional parameters only
     for name, values in parameter.when.requirements:
         where = f"{path}.when.{name}"
         if name not in PARAMETERS:

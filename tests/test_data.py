@@ -18,6 +18,7 @@ import warnings
 import zipfile
 from email.message import Message
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,6 +40,7 @@ FAKE_NAME = "tinyfake"
 FAKE_DIM = 4
 FAKE_SIZES = {"train": 3, "valid": 2, "test": 2}
 FAKE_URL = "https://example.invalid/made/tinyfake.npz"
+FAKE_FILE = f"{FAKE_NAME}.npz"
 
 
 # ----------------------------------------------------------------------------------
@@ -61,7 +63,7 @@ def valid_fake_arrays() -> dict[str, np.ndarray]:
             for split, rows in FAKE_SIZES.items()}
 
 
-def write_npz(path: Path, **arrays: np.ndarray) -> Path:
+def write_npz(path: Path, **arrays: Any) -> Path:
     """Write arrays to an npz file with numpy's writer; returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
@@ -82,7 +84,7 @@ def fake_spec(monkeypatch: pytest.MonkeyPatch) -> DatasetSpec:
     """A tiny dataset registered for the duration of one test."""
     spec = DatasetSpec(name=FAKE_NAME, input_dim=FAKE_DIM, train_size=FAKE_SIZES["train"],
                        valid_size=FAKE_SIZES["valid"], test_size=FAKE_SIZES["test"],
-                       filename=f"{FAKE_NAME}.npz", url=FAKE_URL, description="a fake for tests")
+                       filename=FAKE_FILE, url=FAKE_URL, description="a fake for tests")
     monkeypatch.setitem(DATASETS, FAKE_NAME, spec)
     return spec
 
@@ -280,7 +282,7 @@ def test_data_dir_defaults_to_home_cache(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 def test_valid_file_with_extra_keys_loads(fake_spec: DatasetSpec, tmp_path: Path) -> None:
     arrays = valid_fake_arrays()
-    write_npz(tmp_path / fake_spec.filename, **arrays, inputsize=np.int32(FAKE_DIM),
+    write_npz(tmp_path / FAKE_FILE, **arrays, inputsize=np.int32(FAKE_DIM),
               train_length=np.int32(3), comment=np.array([1.5, 2.5]))
     splits = load_dataset(FAKE_NAME, data_dir=tmp_path, download=False)
     for split in ("train", "valid", "test"):
@@ -291,7 +293,7 @@ def test_valid_file_with_extra_keys_loads(fake_spec: DatasetSpec, tmp_path: Path
 def test_python2_header_loads_without_warning(fake_spec: DatasetSpec, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     arrays = valid_fake_arrays()
-    with zipfile.ZipFile(tmp_path / fake_spec.filename, "w") as archive:
+    with zipfile.ZipFile(tmp_path / FAKE_FILE, "w") as archive:
         for key, array in arrays.items():
             archive.writestr(f"{key}.npy", npy_bytes_with_python2_header(array))
         archive.writestr("inputsize.npy", npy_bytes_with_python2_header(np.array(FAKE_DIM, dtype="<i4")))
@@ -310,7 +312,7 @@ def test_other_numeric_layouts_are_converted(fake_spec: DatasetSpec, tmp_path: P
         "valid_data": arrays["valid_data"].astype(np.uint8),
         "test_data": arrays["test_data"].astype(bool),
     }
-    write_npz(tmp_path / fake_spec.filename, **as_stored)
+    write_npz(tmp_path / FAKE_FILE, **as_stored)
     splits = load_dataset(FAKE_NAME, data_dir=tmp_path, download=False)
     for split in ("train", "valid", "test"):
         np.testing.assert_array_equal(splits.split(split), arrays[f"{split}_data"])
@@ -318,8 +320,8 @@ def test_other_numeric_layouts_are_converted(fake_spec: DatasetSpec, tmp_path: P
 
 
 def test_compressed_npz_loads(fake_spec: DatasetSpec, tmp_path: Path) -> None:
-    arrays = valid_fake_arrays()
-    np.savez_compressed(tmp_path / fake_spec.filename, **arrays)
+    arrays: dict[str, Any] = valid_fake_arrays()
+    np.savez_compressed(tmp_path / FAKE_FILE, **arrays)
     splits = load_dataset(FAKE_NAME, data_dir=tmp_path, download=False)
     np.testing.assert_array_equal(splits.test, arrays["test_data"])
 
@@ -338,20 +340,20 @@ def load_fake_expecting_error(path: Path) -> str:
 
 
 def test_not_a_zip_is_refused(fake_spec: DatasetSpec, tmp_path: Path) -> None:
-    path = tmp_path / fake_spec.filename
+    path = tmp_path / FAKE_FILE
     path.write_bytes(b"<html>404 Not Found</html>")
     assert "not a valid npz file" in load_fake_expecting_error(path)
 
 
 def test_truncated_file_is_refused(fake_spec: DatasetSpec, tmp_path: Path) -> None:
-    path = write_npz(tmp_path / fake_spec.filename, **valid_fake_arrays())
+    path = write_npz(tmp_path / FAKE_FILE, **valid_fake_arrays())
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     message = load_fake_expecting_error(path)
     assert "not a valid npz file" in message and "truncated" in message
 
 
 def test_corrupted_data_bytes_are_refused(fake_spec: DatasetSpec, tmp_path: Path) -> None:
-    path = write_npz(tmp_path / fake_spec.filename, **valid_fake_arrays())
+    path = write_npz(tmp_path / FAKE_FILE, **valid_fake_arrays())
     content = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo("train_data.npy")
@@ -366,7 +368,7 @@ def test_corrupted_data_bytes_are_refused(fake_spec: DatasetSpec, tmp_path: Path
 def test_missing_keys_are_named(fake_spec: DatasetSpec, tmp_path: Path) -> None:
     arrays = valid_fake_arrays()
     del arrays["valid_data"], arrays["test_data"]
-    path = write_npz(tmp_path / fake_spec.filename, **arrays, inputsize=np.int32(FAKE_DIM))
+    path = write_npz(tmp_path / FAKE_FILE, **arrays, inputsize=np.int32(FAKE_DIM))
     message = load_fake_expecting_error(path)
     assert "missing key(s) valid_data, test_data" in message
     assert "inputsize, train_data" in message
@@ -375,14 +377,14 @@ def test_missing_keys_are_named(fake_spec: DatasetSpec, tmp_path: Path) -> None:
 def test_wrong_number_of_columns_is_refused(fake_spec: DatasetSpec, tmp_path: Path) -> None:
     arrays = valid_fake_arrays()
     arrays["train_data"] = np.zeros((3, FAKE_DIM + 1), dtype=np.float32)
-    message = load_fake_expecting_error(write_npz(tmp_path / fake_spec.filename, **arrays))
+    message = load_fake_expecting_error(write_npz(tmp_path / FAKE_FILE, **arrays))
     assert f"train_data has {FAKE_DIM + 1} columns; expected {FAKE_DIM}" in message
 
 
 def test_wrong_split_size_is_refused(fake_spec: DatasetSpec, tmp_path: Path) -> None:
     arrays = valid_fake_arrays()
     arrays["valid_data"] = np.zeros((5, FAKE_DIM), dtype=np.float32)
-    message = load_fake_expecting_error(write_npz(tmp_path / fake_spec.filename, **arrays))
+    message = load_fake_expecting_error(write_npz(tmp_path / FAKE_FILE, **arrays))
     assert "wrong size of the valid split" in message
     assert "valid_data has 5 rows; expected 2" in message
 
@@ -390,14 +392,14 @@ def test_wrong_split_size_is_refused(fake_spec: DatasetSpec, tmp_path: Path) -> 
 def test_one_dimensional_split_is_refused(fake_spec: DatasetSpec, tmp_path: Path) -> None:
     arrays = valid_fake_arrays()
     arrays["test_data"] = np.zeros(8, dtype=np.float32)
-    message = load_fake_expecting_error(write_npz(tmp_path / fake_spec.filename, **arrays))
+    message = load_fake_expecting_error(write_npz(tmp_path / FAKE_FILE, **arrays))
     assert "test_data has shape (8,); expected a 2-D array" in message
 
 
 def test_non_binary_values_are_refused(fake_spec: DatasetSpec, tmp_path: Path) -> None:
     arrays = valid_fake_arrays()
     arrays["test_data"][1, 2] = 0.5
-    message = load_fake_expecting_error(write_npz(tmp_path / fake_spec.filename, **arrays))
+    message = load_fake_expecting_error(write_npz(tmp_path / FAKE_FILE, **arrays))
     assert "test_data has non-binary values (1 outside {0, 1})" in message
     assert "e.g. 0.5 at row 1, column 2" in message
 
@@ -405,21 +407,21 @@ def test_non_binary_values_are_refused(fake_spec: DatasetSpec, tmp_path: Path) -
 def test_integer_values_other_than_0_1_are_refused(fake_spec: DatasetSpec, tmp_path: Path) -> None:
     arrays = valid_fake_arrays()
     arrays["train_data"] = (arrays["train_data"] * 255).astype(np.uint8)  # 0/255 pixels
-    message = load_fake_expecting_error(write_npz(tmp_path / fake_spec.filename, **arrays))
+    message = load_fake_expecting_error(write_npz(tmp_path / FAKE_FILE, **arrays))
     assert "train_data has non-binary values" in message and "e.g. 255" in message
 
 
 def test_nans_are_refused(fake_spec: DatasetSpec, tmp_path: Path) -> None:
     arrays = valid_fake_arrays()
     arrays["valid_data"][0, 3] = np.nan
-    message = load_fake_expecting_error(write_npz(tmp_path / fake_spec.filename, **arrays))
+    message = load_fake_expecting_error(write_npz(tmp_path / FAKE_FILE, **arrays))
     assert "valid_data contains 1 NaN value(s), the first at row 0, column 3" in message
 
 
 def test_pickled_object_arrays_are_refused(fake_spec: DatasetSpec, tmp_path: Path) -> None:
     arrays = valid_fake_arrays()
     arrays["train_data"] = np.array([[0, 1, 0, 1]] * 3, dtype=object)
-    message = load_fake_expecting_error(write_npz(tmp_path / fake_spec.filename, **arrays))
+    message = load_fake_expecting_error(write_npz(tmp_path / FAKE_FILE, **arrays))
     assert "train_data.npy" in message and "pickled Python objects are refused" in message
 
 
@@ -595,6 +597,7 @@ def test_samples_follow_the_true_distribution() -> None:
     mixture = true_distribution("synthetic-tiny")
     log_p = mixture.log_prob(all_binary_vectors(splits.input_dim))
     entropy = -np.sum(np.exp(log_p) * log_p)
+    assert splits.true_test_nll is not None and splits.true_test_nll_stderr is not None
     assert abs(splits.true_test_nll - entropy) < 4 * splits.true_test_nll_stderr
     train_nll, train_stderr = mean_nll_with_stderr(mixture.log_prob(splits.train))
     assert abs(train_nll - entropy) < 4 * train_stderr

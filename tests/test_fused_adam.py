@@ -3,6 +3,8 @@ torch.optim.Adam with the mask products does, and step aside wherever it cannot 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -23,7 +25,7 @@ needs_kernels = pytest.mark.skipif(load_kernels() is None, reason=f"fused masked
 
 def trained(monkeypatch, fused: bool, **overrides) -> Trainer:
     monkeypatch.setenv(fused_adam.OPT_OUT_VARIABLE, "1" if fused else "0")
-    values = dict(hidden_sizes=(24, 20), num_masks=3, ordering="agnostic", direct_connection=True,
+    values: dict[str, Any] = dict(hidden_sizes=(24, 20), num_masks=3, ordering="agnostic", direct_connection=True,
                   batch_size=50, max_epochs=3, weight_decay=1e-3, learning_rate=1e-2, valid_masks=2)  # fmt: skip
     values.update(overrides)
     trainer = Trainer(TrainConfig(**values), ROWS[:500], ROWS[500:])

@@ -23,6 +23,7 @@ from spaces import (
     get_space,
     load_space_file,
 )
+from spaces.domains import Choice, FloatRange
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -117,7 +118,8 @@ def test_builtin_searches_vary_the_papers_subjects(name: str):
     searched = get_space(name).searched_parameters("dna")
     for key in ("num_masks", "ordering", "learning_rate"):
         assert key in searched
-    assert MASK_SAMPLING in get_space(name).layout("dna").searched["num_masks"].domain.values
+    masks = get_space(name).layout("dna").searched["num_masks"].domain
+    assert isinstance(masks, Choice) and MASK_SAMPLING in masks.values
     configs = [config for _, config in run_study(get_space(name), "dna")]
     assert len({config["num_masks"] for config in configs}) > 1
     assert len({config["ordering"] for config in configs}) > 1
@@ -242,14 +244,14 @@ def test_ray_optuna_search_accepts_the_function_without_a_running_ray(tmp_path: 
 
     search = searcher()
     config = search.suggest("t1")
-    assert set(config) == set(HYPERPARAMETERS)
+    assert config is not None and set(config) == set(HYPERPARAMETERS)
     assert all(PARAMETERS[key].problem_with(value) is None for key, value in config.items())
     search.on_trial_complete("t1", {"valid_nll": 90.0})
     # Ray checkpoints the searcher with pickle, define-by-run function included.
     search.save(str(tmp_path / "searcher.pkl"))
     restored = searcher()
     restored.restore(str(tmp_path / "searcher.pkl"))
-    assert set(restored.suggest("t2")) == set(HYPERPARAMETERS)
+    assert set(restored.suggest("t2") or {}) == set(HYPERPARAMETERS)
 
 
 # --- space files --------------------------------------------------------------------------------
@@ -309,7 +311,8 @@ def test_space_files_load(kind: str, tmp_path: Path):
         reference.fixed,
         reference.dataset_overrides,
     )
-    assert space.layout().searched["learning_rate"].domain.low == 1e-3  # YAML's 1e-3 is a number
+    learning_rate = space.layout().searched["learning_rate"].domain
+    assert isinstance(learning_rate, FloatRange) and learning_rate.low == 1e-3  # YAML's 1e-3 is a number
     for trial, config in run_study(space, "mnist", trials=12):
         assert tuple(config) == HYPERPARAMETERS
         assert config["hidden_units"] in (500, 1000)

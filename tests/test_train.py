@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def tiny():
 
 
 def small_config(**overrides) -> TrainConfig:
-    values = dict(hidden_sizes=(32,), num_masks=1, ordering="natural", direct_connection=False,
+    values: dict[str, Any] = dict(hidden_sizes=(32,), num_masks=1, ordering="natural", direct_connection=False,
                   learning_rate=1e-2, batch_size=50, max_epochs=5, patience=30)  # fmt: skip
     values.update(overrides)
     return TrainConfig(**values)
