@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from made_core.hyperparameters import DEFAULTS, MASK_SAMPLING, PARAMETERS, ensemble_size_allowed
+from made_core.hyperparameters import DEFAULTS, PARAMETERS, capped_ensemble_size, ensemble_size_allowed, hidden_sizes_problem
 
 # Validation runs every epoch, so it uses fewer masks than the test (see choose_test_masks).
 DEFAULT_VALID_MASKS = 8
@@ -45,7 +45,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max gradient norm; None: no clipping
     max_epochs: int = 200
     patience: int = 30  # epochs without a better validation NLL before stopping (the paper's 30)
-    valid_masks: int | None = None  # validation ensemble; None: min(num_masks, 8), 8 for mask sampling
+    valid_masks: int | None = None  # validation ensemble; None: DEFAULT_VALID_MASKS, capped at num_masks
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     eval_batch_size: int = 1000
@@ -53,8 +53,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
         problems = []
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            problems.append(f"hidden_sizes must be positive sizes, got {list(self.hidden_sizes)}")
+        if problem := hidden_sizes_problem(self.hidden_sizes):
+            problems.append(problem)
         for name in HYPERPARAMETER_FIELDS:
             problem = PARAMETERS[name].problem_for_setting(getattr(self, name))
             if problem:
@@ -74,7 +74,7 @@ class TrainConfig:
     def validation_masks(self) -> int:
         if self.valid_masks is not None:
             return self.valid_masks
-        return DEFAULT_VALID_MASKS if self.num_masks == MASK_SAMPLING else min(self.num_masks, DEFAULT_VALID_MASKS)
+        return capped_ensemble_size(DEFAULT_VALID_MASKS, self.num_masks)
 
     @classmethod
     def from_hyperparameters(cls, hyperparameters: Mapping[str, Any], **settings: Any) -> "TrainConfig":

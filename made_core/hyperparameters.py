@@ -221,6 +221,15 @@ def ensemble_size_allowed(size: int, num_masks: int) -> bool:
     return size >= 1 and (num_masks == MASK_SAMPLING or size <= num_masks)
 
 
+def hidden_sizes_problem(hidden_sizes: Any) -> str | None:
+    """Why ``hidden_sizes`` (one width per hidden layer, the model's form of hidden_layers x
+    hidden_units) is not a valid architecture, or None."""
+    sizes = list(hidden_sizes)
+    if not sizes or any(PARAMETERS["hidden_units"].problem_with(PARAMETERS["hidden_units"].normalize(h)) for h in sizes):
+        return f"hidden_sizes must be one or more widths, each {PARAMETERS['hidden_units'].requirement()}, got {sizes}"
+    return None
+
+
 def capped_ensemble_size(size: int, num_masks: int) -> int:
     """``size`` masks, or all K of a K-mask model that has fewer (a sweep-wide size per trial)."""
     return size if num_masks == MASK_SAMPLING else min(size, num_masks)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from made_core.files import atomic_write, load_torch_file
-from made_core.hyperparameters import DEFAULTS, MASK_SAMPLING, PARAMETERS, ensemble_size_allowed
+from made_core.hyperparameters import DEFAULTS, MASK_SAMPLING, PARAMETERS, ensemble_size_allowed, hidden_sizes_problem
 from made_core.masks import MaskSet, build_masks, in_layer_order, make_masks, mask_generator
 
 ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "tanh": torch.tanh}  # one per ACTIVATIONS name
@@ -88,8 +88,8 @@ class MADE(nn.Module):
         super().__init__()
         if input_dim < 2:
             raise ValueError(f"input_dim must be >= 2, got {input_dim}")
-        if not hidden_sizes or any(int(h) < 1 for h in hidden_sizes):
-            raise ValueError(f"hidden_sizes must be one or more positive sizes, got {list(hidden_sizes)}")
+        if problem := hidden_sizes_problem(hidden_sizes):
+            raise ValueError(problem)
         problems = [PARAMETERS[name].problem_for_setting(value)
                     for name, value in (("num_masks", num_masks), ("ordering", ordering), ("activation", activation))]  # fmt: skip
         if any(problems):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from made_core.config import HYPERPARAMETER_FIELDS, TrainConfig
+from made_core.config import DEFAULT_VALID_MASKS, HYPERPARAMETER_FIELDS, TrainConfig
 from made_core.ensembles import SAMPLING_TEST_MASK_CHOICES, check_test_masks, choose_test_masks, describe_test_mask_choice
 from made_core.hyperparameters import add_flags
 from made_core.train import Trainer
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grad-clip", type=float, default=None, help="clip gradients to this norm (unset: no clipping)")
     parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     parser.add_argument("--patience", type=int, default=defaults.patience)
-    parser.add_argument("--valid-masks", type=int, default=None, help="validation ensemble size (unset: min(num_masks, 8))")
+    parser.add_argument("--valid-masks", type=int, default=None, help=f"validation ensemble size (unset: min(num_masks, {DEFAULT_VALID_MASKS}))")
     parser.add_argument("--test-masks", type=int, default=None, help="test ensemble size (unset: all num_masks masks; for mask sampling, the size among "
                         f"{', '.join(map(str, SAMPLING_TEST_MASK_CHOICES))} with the lowest validation NLL)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
