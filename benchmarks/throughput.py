@@ -35,9 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,13 +45,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from made_core.allocator import keep_freed_memory
+from made_core.config import TrainConfig, resolve_device
 from made_core.data import DatasetError, load_dataset, resolve_data_dir
 from made_core.evaluate import as_tensor, evaluate_nll
 from made_core.fused_adam import MaskedAdam
 from made_core.hyperparameters import MASK_SAMPLING
 from made_core.model import ACTIVATION_FUNCTIONS, MADE
 from made_core.steps import DenseStep, TrainingStep
-from made_core.config import TrainConfig, resolve_device
 from made_core.train import Trainer
 
 TARGET_RATIO = 0.90
@@ -84,11 +84,11 @@ class BenchSettings:
     quick: bool = False
 
     @classmethod
-    def full(cls, **overrides: object) -> "BenchSettings":
+    def full(cls, **overrides: object) -> BenchSettings:
         return cls(**overrides)  # type: ignore[arg-type]
 
     @classmethod
-    def quick_run(cls, **overrides: object) -> "BenchSettings":
+    def quick_run(cls, **overrides: object) -> BenchSettings:
         values: dict[str, object] = dict(
             training_rounds=3, steps_per_block=3, warmup_steps=2, training_rows=500,
             evaluation_rows=200, evaluation_rounds=1, processes=1, quick=True,
@@ -180,7 +180,6 @@ class UnmaskedMLP(nn.Module):
         if self.direct_layer is not None:
             logits = logits + F.linear(x, self.direct_layer.weight)
         return logits
-
 
 
 # -- timing helpers ------------------------------------------------------------------
@@ -362,7 +361,9 @@ def training_in_processes(settings: BenchSettings, log: Callable[[str], None]) -
             json_path = Path(folder) / f"process-{index}.json"
             finished = subprocess.run(child_command(settings, json_path), capture_output=True, text=True)
             if finished.returncode != 0:
-                raise RuntimeError(f"benchmark process {index + 1} failed (exit {finished.returncode}):\n{finished.stderr[-2000:]}")
+                raise RuntimeError(
+                    f"benchmark process {index + 1} failed (exit {finished.returncode}):\n{finished.stderr[-2000:]}"
+                )
             report = json.loads(json_path.read_text())
             rows = [training_result_from_json(row) for row in report["training"]]
             per_process.append(rows)
@@ -572,11 +573,14 @@ def format_report(report: BenchReport) -> str:
     lines = [
         f"made_core benchmark{' (--quick)' if s['quick'] else ''}: torch {env['torch']}, device {env['device']} "
         f"({env['device_name']}, {env['cpu_threads']} torch threads on {env['cpu_count']} CPUs)",
-        f"load average (1 min) at start / end: {_number(env.get('load_average_start'))} / "
-        f"{_number(env.get('load_average_end'))}",
+        f"load average (1 min) at start / end: {_number(env.get('load_average_start'))} / {_number(env.get('load_average_end'))}",
         f"data: {report.data}",
-        "allocator: " + ("glibc malloc keeps freed memory (made_core.allocator, as in Trainer)" if env.get("malloc_tuned")
-                         else "the platform's default settings"),
+        "allocator: "
+        + (
+            "glibc malloc keeps freed memory (made_core.allocator, as in Trainer)"
+            if env.get("malloc_tuned")
+            else "the platform's default settings"
+        ),
         *_oversubscription_note(env),
         "",
         f"1. Training throughput, MADE vs unmasked MLP of the same shape (D={INPUT_DIM}, batch {BATCH_SIZE}, "
@@ -585,10 +589,13 @@ def format_report(report: BenchReport) -> str:
         f"{s['warmup_steps']} warm-up steps; ex/s are medians over rounds;",
         "   MADE/MLP is the median of per-round ratios of adjacent blocks, with its interquartile range;",
         *(
-            [f"   measured in {s['processes']} fresh processes one after the other: ex/s and MADE/MLP are the",
-             "   medians over processes of each one's figures, the IQRs are over all rounds pooled, and",
-             "   'per process' lists each process's MADE/MLP;"]
-            if processes > 1 else []
+            [
+                f"   measured in {s['processes']} fresh processes one after the other: ex/s and MADE/MLP are the",
+                "   medians over processes of each one's figures, the IQRs are over all rounds pooled, and",
+                "   'per process' lists each process's MADE/MLP;",
+            ]
+            if processes > 1
+            else []
         ),  # fmt: skip
         "   the verdict compares it with the target. 'by CPU time' is the same ratio from process CPU",
         "   seconds per example, which preemption by other processes disturbs less.",
@@ -603,7 +610,8 @@ def format_report(report: BenchReport) -> str:
             f"   {layer_label(row.hidden_sizes):<8} {mask_label(row.num_masks):>5} {row.made_examples_per_second:>11,.0f} "
             f"{row.mlp_examples_per_second:>11,.0f} {row.ratio:>9.3f}  {_range(row.ratio_quartiles):<15} "
             f"{_ratio(row.cpu_time_ratio):>11}  {_range(row.cpu_time_ratio_quartiles):<15} "
-            f"{f'{report.target_ratio:.2f}' if row.verdict != '-' else '-':>6}  {row.verdict:<7}" + "  ".join(f"{ratio:.3f}" for ratio in row.process_ratios)
+            f"{f'{report.target_ratio:.2f}' if row.verdict != '-' else '-':>6}  {row.verdict:<7}"
+            + "  ".join(f"{ratio:.3f}" for ratio in row.process_ratios)
         )
     if not report.evaluation:
         return "\n".join(lines)
@@ -633,11 +641,17 @@ def format_report(report: BenchReport) -> str:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     from made_core.cli import DefaultsHelpFormatter
 
-    parser = argparse.ArgumentParser(prog="made-bench", description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="made-bench", description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a reduced run: few steps, one evaluation round on 200 rows")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved training rounds per configuration (default 15; 3 with --quick)")
-    parser.add_argument("--eval-repeats", type=int, default=None, help="interleaved evaluation rounds per model (default 2; 1 with --quick)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="interleaved training rounds per configuration (default 15; 3 with --quick)"
+    )
+    parser.add_argument(
+        "--eval-repeats", type=int, default=None, help="interleaved evaluation rounds per model (default 2; 1 with --quick)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--direct-connection", action=argparse.BooleanOptionalAction, default=False,
                         help="benchmark models with the direct input->output layer")  # fmt: skip

@@ -8,8 +8,9 @@ declared here.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -77,7 +78,7 @@ class TrainConfig:
         return capped_ensemble_size(DEFAULT_VALID_MASKS, self.num_masks)
 
     @classmethod
-    def from_hyperparameters(cls, hyperparameters: Mapping[str, Any], **settings: Any) -> "TrainConfig":
+    def from_hyperparameters(cls, hyperparameters: Mapping[str, Any], **settings: Any) -> TrainConfig:
         """Build from a search-space config (``hidden_layers``, ``hidden_units``, ...) plus run settings.
 
         Keys that are not training fields raise, so a misspelt hyperparameter is never ignored.
@@ -96,7 +97,7 @@ class TrainConfig:
 
 
 def resolve_device(requested: str) -> torch.device:
-    """"auto" picks CUDA when available; a CUDA request without CUDA falls back to the CPU with a warning."""
+    """ "auto" picks CUDA when available; a CUDA request without CUDA falls back to the CPU with a warning."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)

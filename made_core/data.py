@@ -81,8 +81,7 @@ def true_distribution(name: str) -> BernoulliMixture:
     return build_mixture(spec.input_dim, spec.synthetic)
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True,
-                 progress: bool = True) -> Splits:
+def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True, progress: bool = True) -> Splits:
     """Load a dataset's train/valid/test splits, downloading its file if missing.
 
     Args:
@@ -105,9 +104,16 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     path = _ensure_file(spec, resolve_data_dir(data_dir), download=download, progress=progress)
     arrays = read_npz_splits(path, spec)
     note = KNOWN_FILE_NOTES.get(_sha256(path))
-    return Splits(name=spec.name, input_dim=spec.input_dim, train=arrays["train"], valid=arrays["valid"],
-                  test=arrays["test"], true_test_nll=None, true_test_nll_stderr=None,
-                  description=spec.description if note is None else f"{spec.description}; {note}")
+    return Splits(
+        name=spec.name,
+        input_dim=spec.input_dim,
+        train=arrays["train"],
+        valid=arrays["valid"],
+        test=arrays["test"],
+        true_test_nll=None,
+        true_test_nll_stderr=None,
+        description=spec.description if note is None else f"{spec.description}; {note}",
+    )
 
 
 # Files known by content that are not the published ones: results built on them must say so.
@@ -133,15 +139,24 @@ def _generate_synthetic(spec: DatasetSpec) -> Splits:
     mixture = build_mixture(spec.input_dim, spec.synthetic)
     arrays = sample_splits(mixture, spec.split_sizes, spec.synthetic.seed)
     test_nll, test_nll_stderr = mean_nll_with_stderr(mixture.log_prob(arrays["test"]))
-    return Splits(name=spec.name, input_dim=spec.input_dim, train=arrays["train"], valid=arrays["valid"],
-                  test=arrays["test"], true_test_nll=test_nll, true_test_nll_stderr=test_nll_stderr,
-                  description=spec.description)
+    return Splits(
+        name=spec.name,
+        input_dim=spec.input_dim,
+        train=arrays["train"],
+        valid=arrays["valid"],
+        test=arrays["test"],
+        true_test_nll=test_nll,
+        true_test_nll_stderr=test_nll_stderr,
+        description=spec.description,
+    )
 
 
 def _manual_fetch_hint(spec: DatasetSpec, destination: Path) -> str:
     """The sentence telling a user how to provide a file by hand."""
-    return (f"Download {spec.url} and put it at {destination} "
-            f"(or set {DATA_DIR_ENV} / --data-dir to a folder that holds {spec.filename}).")
+    return (
+        f"Download {spec.url} and put it at {destination} "
+        f"(or set {DATA_DIR_ENV} / --data-dir to a folder that holds {spec.filename})."
+    )
 
 
 def _ensure_file(spec: DatasetSpec, data_dir: Path, download: bool, progress: bool) -> Path:
@@ -151,11 +166,15 @@ def _ensure_file(spec: DatasetSpec, data_dir: Path, download: bool, progress: bo
     if destination.is_file():
         return destination
     if not download:
-        raise DatasetError(f"dataset {spec.name!r}: {spec.filename} not found at {destination} "
-                           f"and download=False. {_manual_fetch_hint(spec, destination)}")
+        raise DatasetError(
+            f"dataset {spec.name!r}: {spec.filename} not found at {destination} "
+            f"and download=False. {_manual_fetch_hint(spec, destination)}"
+        )
     try:
         download_file(spec.url, destination, progress=progress)
     except DatasetError as error:
-        raise DatasetError(f"dataset {spec.name!r}: {spec.filename} is not in {data_dir} and could not "
-                           f"be downloaded: {error}. {_manual_fetch_hint(spec, destination)}") from error
+        raise DatasetError(
+            f"dataset {spec.name!r}: {spec.filename} is not in {data_dir} and could not "
+            f"be downloaded: {error}. {_manual_fetch_hint(spec, destination)}"
+        ) from error
     return destination

@@ -17,8 +17,7 @@ from made_core.registry import DatasetError
 DOWNLOAD_TIMEOUT_S = 60.0
 
 
-def download_file(url: str, destination: Path, progress: bool = True,
-                  timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+def download_file(url: str, destination: Path, progress: bool = True, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     """Download ``url`` to ``destination`` atomically.
 
     The bytes go to a hidden temporary file in the destination folder, which is renamed
@@ -112,8 +111,7 @@ class _ProgressBar:
             fraction = min(received / self._total, 1.0)
             filled = int(fraction * self._WIDTH)
             bar = "#" * filled + "-" * (self._WIDTH - filled)
-            line = (f"\rdownloading {self._label} [{bar}] {fraction:6.1%} "
-                    f"{megabytes:.1f}/{self._total / 1e6:.1f} MB")
+            line = f"\rdownloading {self._label} [{bar}] {fraction:6.1%} {megabytes:.1f}/{self._total / 1e6:.1f} MB"
         else:
             line = f"\rdownloading {self._label} {megabytes:.1f} MB"
         sys.stderr.write(line)

@@ -109,7 +109,9 @@ def load_torch_file(path: str | Path, map_location: Any = "cpu", required_keys: 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"refusing {path}: it holds objects that only arbitrary unpickling could load ({first_line[:200]})") from None
+        raise CheckpointError(
+            f"refusing {path}: it holds objects that only arbitrary unpickling could load ({first_line[:200]})"
+        ) from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
         detail = " ".join(str(error).split())[:160] or type(error).__name__
         raise CheckpointError(f"cannot read {path}: corrupt or truncated ({type(error).__name__}: {detail})") from None

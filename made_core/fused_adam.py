@@ -22,7 +22,8 @@ import os
 import platform
 import shutil
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -143,7 +144,7 @@ def _put_ninja_on_path() -> None:
     environment does not have it there, so add the ninja package's own binary folder."""
     if shutil.which("ninja") is None:
         try:
-            import ninja  # type: ignore[import-untyped]
+            import ninja
         except ImportError:
             return
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
@@ -196,7 +197,14 @@ class MaskedAdam(torch.optim.Optimizer):
     the weights since (``tensor._version``).
     """
 
-    def __init__(self, model: MADE, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: MADE,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
         if model.num_masks == 1:
             raise ValueError("MaskedAdam is for models with several masks; a fixed-mask model trains without mask products")
         kernels = load_kernels()

@@ -151,12 +151,8 @@ def _show(value: Any) -> str:
 PARAMETERS: dict[str, ParameterInfo] = {
     info.name: info
     for info in (
-        ParameterInfo(
-            "hidden_layers", int, 1, "Depth: the number of hidden layers.", minimum=1
-        ),
-        ParameterInfo(
-            "hidden_units", int, 500, "Width: units in every hidden layer (all layers equally wide).", minimum=1
-        ),
+        ParameterInfo("hidden_layers", int, 1, "Depth: the number of hidden layers.", minimum=1),
+        ParameterInfo("hidden_units", int, 500, "Width: units in every hidden layer (all layers equally wide).", minimum=1),
         ParameterInfo(
             "num_masks",
             int,
@@ -200,9 +196,7 @@ PARAMETERS: dict[str, ParameterInfo] = {
             maximum=1.0,
             exclusive_maximum=True,
         ),
-        ParameterInfo(
-            "weight_decay", float, 0.0, "L2 penalty: the optimizer's weight_decay argument.", minimum=0.0
-        ),
+        ParameterInfo("weight_decay", float, 0.0, "L2 penalty: the optimizer's weight_decay argument.", minimum=0.0),
         ParameterInfo("batch_size", int, 100, "Training minibatch size.", minimum=1),
     )
 }

@@ -19,8 +19,9 @@ mask on every machine and after every restart.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence, TypeVar
+from typing import Literal, TypeVar
 
 import torch
 
@@ -53,8 +54,9 @@ class MaskSet:
         """The masks in the order of ``MADE.masked_layers()``."""
         return in_layer_order(self.hidden, self.output, self.direct)
 
-    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "MaskSet":
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> MaskSet:
         """The same masks on ``device``, in the weights' ``dtype`` (the ordering stays long)."""
+
         def move(mask: torch.Tensor) -> torch.Tensor:
             return mask.to(device=device, dtype=dtype)
 
@@ -176,4 +178,3 @@ def make_masks(
     """Mask number ``mask_index`` of a model: a pure function of its arguments, on ``device`` in ``dtype``."""
     order = make_ordering(ordering, input_dim, seed, mask_index)
     return build_masks(order, hidden_sizes, mask_generator(seed, mask_index), direct_connection, device, dtype)
-

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,10 @@ from made_core.files import atomic_write, load_torch_file
 from made_core.hyperparameters import DEFAULTS, MASK_SAMPLING, PARAMETERS, ensemble_size_allowed, hidden_sizes_problem
 from made_core.masks import MaskSet, build_masks, in_layer_order, make_masks, mask_generator
 
-ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "tanh": torch.tanh}  # one per ACTIVATIONS name
+ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "tanh": torch.tanh,
+}  # one per ACTIVATIONS name
 # A mask-sampling model can be asked for any mask index (ensembles of any size); keep only the
 # newest on device, up to this many bytes of masks (at least one mask set). Its training masks,
 # each used once, are never cached.
@@ -264,7 +268,7 @@ class MADE(nn.Module):
             per_mask.append(log_likelihoods[:, missing.to(self.device)].sum(dim=1))
         return ensemble_log_prob(torch.stack(per_mask))
 
-    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
+    def _apply(self, fn, *args, **kwargs):
         # Cached masks live on the old device after .to()/.cuda(); rebuild lazily.
         self._mask_cache.clear()
         return super()._apply(fn, *args, **kwargs)

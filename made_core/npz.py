@@ -53,12 +53,15 @@ def read_npz_arrays(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as archive:
                 missing = [key for key in keys if key not in archive.files]
                 if missing:
-                    raise DatasetError(f"{path}: missing key(s) {', '.join(missing)}; "
-                                       f"the file has {', '.join(sorted(archive.files)) or 'no arrays'}")
+                    raise DatasetError(
+                        f"{path}: missing key(s) {', '.join(missing)}; "
+                        f"the file has {', '.join(sorted(archive.files)) or 'no arrays'}"
+                    )
                 return {key: _numeric_member(archive, key, path) for key in keys}
     except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as error:
-        raise DatasetError(f"{path} is not a valid npz file (corrupt or truncated zip archive: {error}); "
-                           "delete it and download it again") from error
+        raise DatasetError(
+            f"{path} is not a valid npz file (corrupt or truncated zip archive: {error}); delete it and download it again"
+        ) from error
 
 
 def _numeric_member(archive: Any, key: str, path: Path) -> np.ndarray:
@@ -79,15 +82,19 @@ def _validated_split(path: Path, spec: DatasetSpec, split: str, array: np.ndarra
     key = f"{split}_data"
     expected_rows = spec.split_sizes[split]
     if array.ndim != 2:
-        raise DatasetError(f"{path}: {key} has shape {array.shape}; expected a 2-D array "
-                           f"({expected_rows} rows x {spec.input_dim} columns)")
+        raise DatasetError(
+            f"{path}: {key} has shape {array.shape}; expected a 2-D array ({expected_rows} rows x {spec.input_dim} columns)"
+        )
     rows, columns = array.shape
     if columns != spec.input_dim:
-        raise DatasetError(f"{path}: {key} has {columns} columns; expected {spec.input_dim} "
-                           f"(the input dimension of {spec.name!r})")
+        raise DatasetError(
+            f"{path}: {key} has {columns} columns; expected {spec.input_dim} (the input dimension of {spec.name!r})"
+        )
     if rows != expected_rows:
-        raise DatasetError(f"{path}: wrong size of the {split} split: {key} has {rows} rows; "
-                           f"expected {expected_rows} (the standard split of {spec.name!r})")
+        raise DatasetError(
+            f"{path}: wrong size of the {split} split: {key} has {rows} rows; "
+            f"expected {expected_rows} (the standard split of {spec.name!r})"
+        )
     _check_no_nans(path, key, array)
     _check_binary(path, key, array)
     return np.ascontiguousarray(array, dtype=np.float32)
@@ -100,8 +107,7 @@ def _check_no_nans(path: Path, key: str, array: np.ndarray) -> None:
     nan_mask = np.isnan(array)
     if nan_mask.any():
         row, column = np.argwhere(nan_mask)[0]
-        raise DatasetError(f"{path}: {key} contains {int(nan_mask.sum())} NaN value(s), "
-                           f"the first at row {row}, column {column}")
+        raise DatasetError(f"{path}: {key} contains {int(nan_mask.sum())} NaN value(s), the first at row {row}, column {column}")
 
 
 def _check_binary(path: Path, key: str, array: np.ndarray) -> None:
@@ -111,5 +117,7 @@ def _check_binary(path: Path, key: str, array: np.ndarray) -> None:
     bad_mask = (array != 0) & (array != 1)
     if bad_mask.any():
         row, column = np.argwhere(bad_mask)[0]
-        raise DatasetError(f"{path}: {key} has non-binary values ({int(bad_mask.sum())} outside {{0, 1}}), "
-                           f"e.g. {array[row, column].item()!r} at row {row}, column {column}")
+        raise DatasetError(
+            f"{path}: {key} has non-binary values ({int(bad_mask.sum())} outside {{0, 1}}), "
+            f"e.g. {array[row, column].item()!r} at row {row}, column {column}"
+        )

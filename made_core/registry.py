@@ -62,22 +62,40 @@ class DatasetSpec:
         return self.synthetic is not None
 
 
-def _uci_spec(name: str, input_dim: int, sizes: tuple[int, int, int], description: str,
-              url_base: str = _REPO_DATA_URL) -> DatasetSpec:
+def _uci_spec(
+    name: str, input_dim: int, sizes: tuple[int, int, int], description: str, url_base: str = _REPO_DATA_URL
+) -> DatasetSpec:
     """Registry entry for one of the binary datasets published with MADE."""
     filename = f"{name}.npz"
-    return DatasetSpec(name=name, input_dim=input_dim, train_size=sizes[0], valid_size=sizes[1],
-                       test_size=sizes[2], filename=filename, url=f"{url_base}/{filename}",
-                       description=description)
+    return DatasetSpec(
+        name=name,
+        input_dim=input_dim,
+        train_size=sizes[0],
+        valid_size=sizes[1],
+        test_size=sizes[2],
+        filename=filename,
+        url=f"{url_base}/{filename}",
+        description=description,
+    )
 
 
 def _synthetic_spec(name: str, input_dim: int, sizes: tuple[int, int, int], recipe: MixtureRecipe) -> DatasetSpec:
     """Registry entry for a mixture-of-product-Bernoullis dataset with a known true NLL."""
-    description = (f"synthetic mixture of {recipe.num_components} product Bernoullis over {input_dim} bits "
-                   f"(seed {recipe.seed}); exact true NLL known")
-    return DatasetSpec(name=name, input_dim=input_dim, train_size=sizes[0], valid_size=sizes[1],
-                       test_size=sizes[2], filename=None, url=None, description=description,
-                       synthetic=recipe)
+    description = (
+        f"synthetic mixture of {recipe.num_components} product Bernoullis over {input_dim} bits "
+        f"(seed {recipe.seed}); exact true NLL known"
+    )
+    return DatasetSpec(
+        name=name,
+        input_dim=input_dim,
+        train_size=sizes[0],
+        valid_size=sizes[1],
+        test_size=sizes[2],
+        filename=None,
+        url=None,
+        description=description,
+        synthetic=recipe,
+    )
 
 
 # Split sizes and dimensions: the standard splits of Larochelle & Murray (NADE, 2011),
@@ -96,24 +114,30 @@ def _synthetic_spec(name: str, input_dim: int, sizes: tuple[int, int, int], reci
 #   as "in repo" (datasets/) and gives the release URLs of rcv1 and binarized_mnist.
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
-        name="mnist", input_dim=784, train_size=50_000, valid_size=10_000, test_size=10_000,
-        filename="binarized_mnist.npz", url=f"{_RELEASE_URL}/binarized_mnist.npz",
+        name="mnist",
+        input_dim=784,
+        train_size=50_000,
+        valid_size=10_000,
+        test_size=10_000,
+        filename="binarized_mnist.npz",
+        url=f"{_RELEASE_URL}/binarized_mnist.npz",
         aliases=("binarized_mnist",),
-        description="binarized MNIST digits, 28x28 pixels (Salakhutdinov & Murray 2008)"),
+        description="binarized MNIST digits, 28x28 pixels (Salakhutdinov & Murray 2008)",
+    ),
     "adult": _uci_spec("adult", 123, (5_000, 1_414, 26_147), "UCI Adult census records, binarized (a5a)"),
     "connect4": _uci_spec("connect4", 126, (16_000, 4_000, 47_557), "UCI Connect-4 board positions, one-hot"),
     "dna": _uci_spec("dna", 180, (1_400, 600, 1_186), "UCI DNA splice-junction sequences, binarized"),
     "mushrooms": _uci_spec("mushrooms", 112, (2_000, 500, 5_624), "UCI Mushrooms attributes, one-hot"),
     "nips": _uci_spec("nips", 500, (400, 100, 1_240), "NIPS 0-12 papers, word presence over 500 words"),
-    "ocr_letters": _uci_spec("ocr_letters", 128, (32_152, 10_000, 10_000),
-                             "OCR handwritten letters, 16x8 binary images"),
-    "rcv1": _uci_spec("rcv1", 150, (40_000, 10_000, 150_000),
-                      "RCV1 newswire, word presence over 150 words", url_base=_RELEASE_URL),
+    "ocr_letters": _uci_spec("ocr_letters", 128, (32_152, 10_000, 10_000), "OCR handwritten letters, 16x8 binary images"),
+    "rcv1": _uci_spec(
+        "rcv1", 150, (40_000, 10_000, 150_000), "RCV1 newswire, word presence over 150 words", url_base=_RELEASE_URL
+    ),
     "web": _uci_spec("web", 300, (14_000, 3_188, 32_561), "Web pages (w6a), 300 binary keyword features"),
-    "synthetic-mob": _synthetic_spec("synthetic-mob", 32, (10_000, 2_000, 2_000),
-                                     MixtureRecipe(num_components=10, seed=20150207)),
-    "synthetic-tiny": _synthetic_spec("synthetic-tiny", 10, (1_000, 250, 250),
-                                      MixtureRecipe(num_components=3, seed=1502)),
+    "synthetic-mob": _synthetic_spec(
+        "synthetic-mob", 32, (10_000, 2_000, 2_000), MixtureRecipe(num_components=10, seed=20150207)
+    ),
+    "synthetic-tiny": _synthetic_spec("synthetic-tiny", 10, (1_000, 250, 250), MixtureRecipe(num_components=3, seed=1502)),
 }
 
 
@@ -140,8 +164,9 @@ def canonical_name(name: str) -> str:
     canonical = _name_lookup().get(_normalise_name(name))
     if canonical is None:
         aliases = ", ".join(f"{alias} -> {spec.name}" for spec in DATASETS.values() for alias in spec.aliases)
-        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}"
-                           + (f" (aliases: {aliases})" if aliases else ""))
+        raise DatasetError(
+            f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}" + (f" (aliases: {aliases})" if aliases else "")
+        )
     return canonical
 
 

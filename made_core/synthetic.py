@@ -159,8 +159,7 @@ def sample_mixture(mixture: BernoulliMixture, num_samples: int, rng: np.random.G
     cumulative = np.cumsum(np.exp(mixture.log_weights))
     # searchsorted on the cumulative weights is the inverse CDF of the component
     # choice; clip guards against cumulative[-1] landing a hair below 1.
-    components = np.minimum(np.searchsorted(cumulative, rng.random(num_samples), side="right"),
-                            mixture.num_components - 1)
+    components = np.minimum(np.searchsorted(cumulative, rng.random(num_samples), side="right"), mixture.num_components - 1)
     bits = rng.random((num_samples, mixture.input_dim)) < mixture.probs[components]
     return np.ascontiguousarray(bits, dtype=np.float32)
 
@@ -176,10 +175,7 @@ def sample_splits(mixture: BernoulliMixture, sizes: Mapping[str, int], seed: int
     Returns:
         dict split name -> float32 array of shape (sizes[split], D).
     """
-    return {
-        split: sample_mixture(mixture, sizes[split], _split_generator(seed, split))
-        for split in SPLIT_NAMES
-    }
+    return {split: sample_mixture(mixture, sizes[split], _split_generator(seed, split)) for split in SPLIT_NAMES}
 
 
 def mean_nll_with_stderr(log_probs: np.ndarray) -> tuple[float, float]:

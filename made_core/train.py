@@ -14,9 +14,10 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,7 +98,13 @@ class Trainer:
         if valid_data.shape[1] != input_dim:
             raise ValueError(f"train rows have {input_dim} columns but valid rows have {valid_data.shape[1]}")
         self.model = MADE(
-            input_dim, config.hidden_sizes, config.num_masks, config.ordering, config.direct_connection, config.activation, config.seed
+            input_dim,
+            config.hidden_sizes,
+            config.num_masks,
+            config.ordering,
+            config.direct_connection,
+            config.activation,
+            config.seed,
         ).to(self.device)
         self.train_rows = as_tensor(train_data, self.device, torch.float32)
         self.valid_rows = as_tensor(valid_data, self.device, torch.float32)
@@ -157,13 +164,23 @@ class Trainer:
         else:
             p.epochs_since_best += 1
         if status is None:
-            status = "early_stopped" if p.epochs_since_best >= c.patience else "finished" if p.epoch >= c.max_epochs else "running"
+            status = (
+                "early_stopped" if p.epochs_since_best >= c.patience else "finished" if p.epoch >= c.max_epochs else "running"
+            )
         p.status = status
         if status != "running":
             self.restore_best()
         seconds = time.perf_counter() - start
         result = EpochResult(
-            p.epoch, train_nll, valid_nll, p.best_valid_nll, p.best_epoch, is_best, seconds, len(self.train_rows) / seconds, status
+            p.epoch,
+            train_nll,
+            valid_nll,
+            p.best_valid_nll,
+            p.best_epoch,
+            is_best,
+            seconds,
+            len(self.train_rows) / seconds,
+            status,
         )
         p.history.append({"epoch": p.epoch, "train_nll": train_nll, "valid_nll": valid_nll, "epoch_seconds": seconds})
         return result
@@ -213,7 +230,7 @@ class Trainer:
         valid_data: np.ndarray | torch.Tensor,
         device: str | None = None,
         max_epochs: int | None = None,
-    ) -> "Trainer":
+    ) -> Trainer:
         """Rebuild a trainer from ``save_checkpoint``'s folder and continue where it stopped.
 
         ``max_epochs`` above the checkpoint's lets a run that reached its limit train on
@@ -231,7 +248,6 @@ class Trainer:
         if trainer.progress.status == "finished" and trainer.progress.epoch < trainer.config.max_epochs:
             trainer.progress.status = "running"
         return trainer
-
 
 
 def read_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

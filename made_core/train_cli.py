@@ -15,18 +15,28 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     from made_core.cli import DefaultsHelpFormatter
 
-    parser = argparse.ArgumentParser(prog="made-train", description="Train one MADE and report its test NLL.",
-                                     formatter_class=DefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="made-train", description="Train one MADE and report its test NLL.", formatter_class=DefaultsHelpFormatter
+    )
     parser.add_argument("--dataset", required=True, help="dataset name (e.g. dna, mnist, synthetic-mob)")
     parser.add_argument("--data-dir", default=None, help="folder of .npz files (default: $MADE_DATA_DIR, else a cache dir)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=list(defaults.hidden_sizes), help="hidden layer sizes, e.g. 500 500")
+    parser.add_argument(
+        "--hidden", type=int, nargs="+", default=list(defaults.hidden_sizes), help="hidden layer sizes, e.g. 500 500"
+    )
     add_flags(parser, HYPERPARAMETER_FIELDS)
     parser.add_argument("--grad-clip", type=float, default=None, help="clip gradients to this norm (unset: no clipping)")
     parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     parser.add_argument("--patience", type=int, default=defaults.patience)
-    parser.add_argument("--valid-masks", type=int, default=None, help=f"validation ensemble size (unset: min(num_masks, {DEFAULT_VALID_MASKS}))")
-    parser.add_argument("--test-masks", type=int, default=None, help="test ensemble size (unset: all num_masks masks; for mask sampling, the size among "
-                        f"{', '.join(map(str, SAMPLING_TEST_MASK_CHOICES))} with the lowest validation NLL)")
+    parser.add_argument(
+        "--valid-masks", type=int, default=None, help=f"validation ensemble size (unset: min(num_masks, {DEFAULT_VALID_MASKS}))"
+    )
+    parser.add_argument(
+        "--test-masks",
+        type=int,
+        default=None,
+        help="test ensemble size (unset: all num_masks masks; for mask sampling, the size among "
+        f"{', '.join(map(str, SAMPLING_TEST_MASK_CHOICES))} with the lowest validation NLL)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--checkpoint-dir", default=None, help="write a checkpoint here every epoch (unset: none)")
@@ -70,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint_dir:
             trainer.save_checkpoint(args.checkpoint_dir)
     if trainer.progress.best_epoch == 0:
-        print(f"training diverged at epoch {trainer.progress.epoch}: no finite validation NLL; no test NLL reported", file=sys.stderr)
+        print(
+            f"training diverged at epoch {trainer.progress.epoch}: no finite validation NLL; no test NLL reported",
+            file=sys.stderr,
+        )
         return 1
     print(f"stopped: {trainer.progress.status} after {trainer.progress.epoch} epochs; best valid NLL "
           f"{trainer.progress.best_valid_nll:.3f} at epoch {trainer.progress.best_epoch}")  # fmt: skip

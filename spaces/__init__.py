@@ -70,11 +70,11 @@ path of the problem, e.g. ``space 'mine': params.ordering: choice: unknown value
 'foo' (allowed: natural, random, agnostic)``.
 """
 
+from made_core.hyperparameters import DEFAULTS, HYPERPARAMETERS, MASK_SAMPLING, PARAMETERS, ParameterInfo
 from spaces.builtin import BUILTIN_SPACES
 from spaces.domains import Choice, Condition, FloatRange, IntRange, SearchedParameter
 from spaces.errors import SpaceError
 from spaces.loading import SPACE_FILE_SUFFIXES, available_spaces, get_space, load_space_file
-from made_core.hyperparameters import DEFAULTS, HYPERPARAMETERS, MASK_SAMPLING, PARAMETERS, ParameterInfo
 from spaces.parsing import DatasetOverride
 from spaces.space import DefineByRun, Layout, SearchSpace
 

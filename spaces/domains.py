@@ -14,8 +14,9 @@ searcher's checkpoints).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
+from typing import Any
 
 import optuna
 
@@ -166,7 +167,7 @@ class Choice:
         return {"choice": list(self.values)}
 
 
-Domain = Union[IntRange, FloatRange, Choice]
+Domain = IntRange | FloatRange | Choice
 
 
 @dataclass(frozen=True)
@@ -187,9 +188,7 @@ class Condition:
 
     def holds(self, config: Mapping[str, Any]) -> bool:
         """Whether ``config`` (which must already hold the read parameters) satisfies it."""
-        return all(
-            any(same_value(config[name], value) for value in values) for name, values in self.requirements
-        )
+        return all(any(same_value(config[name], value) for value in values) for name, values in self.requirements)
 
     def to_data(self) -> dict[str, Any]:
         return {name: values[0] if len(values) == 1 else list(values) for name, values in self.requirements}

@@ -7,8 +7,9 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -53,8 +54,7 @@ def load_space_file(path: str | os.PathLike[str]) -> SearchSpace:
         raise SpaceError(f"search space file {str(file)!r} not found")
     if file.suffix not in SPACE_FILE_SUFFIXES:
         raise SpaceError(
-            f"search space file {str(file)!r}: unsupported type {file.suffix!r} "
-            f"(use one of {', '.join(SPACE_FILE_SUFFIXES)})"
+            f"search space file {str(file)!r}: unsupported type {file.suffix!r} (use one of {', '.join(SPACE_FILE_SUFFIXES)})"
         )
     data = _read(file)
     try:
@@ -75,8 +75,7 @@ def _read(file: Path) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as error:
             raise SpaceError(
-                f"search space file {str(file)!r}: JSON syntax error at line {error.lineno}, "
-                f"column {error.colno}: {error.msg}"
+                f"search space file {str(file)!r}: JSON syntax error at line {error.lineno}, column {error.colno}: {error.msg}"
             ) from None
     try:
         return yaml.load(text, Loader=SpaceYamlLoader)

@@ -11,12 +11,13 @@ job. Errors name the space and the dotted path of the offending entry, e.g.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
+from made_core.hyperparameters import HYPERPARAMETERS, PARAMETERS
 from spaces.domains import Choice, Condition, Domain, FloatRange, IntRange, SearchedParameter
 from spaces.errors import SpaceError
-from made_core.hyperparameters import HYPERPARAMETERS, PARAMETERS
 
 SPACE_KEYS = ("name", "description", "params", "fixed", "datasets", "start")
 OVERRIDE_KEYS = ("params", "fixed", "start")
@@ -47,10 +48,7 @@ def space_error(space: str, path: str, problem: str) -> SpaceError:
 def parse_name(data: Any, default_name: str, source: str) -> str:
     """The space's name: ``data['name']`` if given, else ``default_name``."""
     if not isinstance(data, Mapping):
-        raise SpaceError(
-            f"space {default_name!r} ({source}): expected a mapping with a 'params' key, "
-            f"got {type(data).__name__}"
-        )
+        raise SpaceError(f"space {default_name!r} ({source}): expected a mapping with a 'params' key, got {type(data).__name__}")
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         raise SpaceError(f"space {default_name!r} ({source}): name must be a non-empty string, got {name!r}")
@@ -80,10 +78,7 @@ def expect_mapping(space: str, path: str, value: Any, example: str) -> Mapping[s
 def parse_params(space: str, path: str, raw: Any) -> dict[str, SearchedParameter]:
     """``params:``: parameter name to searched parameter."""
     entries = expect_mapping(space, path, raw, "{hidden_units: {choice: [250, 500]}}")
-    return {
-        _known_name(space, path, name): parse_searched(space, f"{path}.{name}", name, spec)
-        for name, spec in entries.items()
-    }
+    return {_known_name(space, path, name): parse_searched(space, f"{path}.{name}", name, spec) for name, spec in entries.items()}
 
 
 def parse_fixed(space: str, path: str, raw: Any) -> dict[str, Any]:

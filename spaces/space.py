@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import optuna
 
-from spaces.domains import SearchedParameter
 from made_core.hyperparameters import HYPERPARAMETERS, PARAMETERS
+from spaces.domains import SearchedParameter
 from spaces.parsing import (
     SPACE_KEYS,
     DatasetOverride,
@@ -107,7 +108,7 @@ class SearchSpace:
         self.validate()
 
     @classmethod
-    def from_data(cls, data: Any, *, default_name: str, source: str = "builtin") -> "SearchSpace":
+    def from_data(cls, data: Any, *, default_name: str, source: str = "builtin") -> SearchSpace:
         """Build and validate a space from its declarative form (see the package docstring).
 
         ``default_name`` names the space when ``data`` has no ``name`` (a file's stem).
@@ -122,7 +123,8 @@ class SearchSpace:
             params=parse_params(name, "params", data["params"]),
             fixed=parse_fixed(name, "fixed", data.get("fixed", {})),
             dataset_overrides={
-                dataset_key(dataset): override for dataset, override in parse_overrides(name, "datasets", data.get("datasets", {})).items()
+                dataset_key(dataset): override
+                for dataset, override in parse_overrides(name, "datasets", data.get("datasets", {})).items()
             },
             source=source,
             start=parse_start(name, "start", data.get("start", [])),
@@ -292,8 +294,7 @@ def _check_condition(space: str, path: str, parameter: SearchedParameter) -> Non
 def _evaluation_order(space: str, path: str, searched: Mapping[str, SearchedParameter]) -> tuple[str, ...]:
     """Canonical order, each conditional parameter moved after the parameters its condition reads."""
     reads = {
-        name: set(parameter.when.parameters) if parameter.when is not None else set()
-        for name, parameter in searched.items()
+        name: set(parameter.when.parameters) if parameter.when is not None else set() for name, parameter in searched.items()
     }
     order: list[str] = []
     pending = list(HYPERPARAMETERS)
@@ -309,4 +310,3 @@ def _evaluation_order(space: str, path: str, searched: Mapping[str, SearchedPara
 
 def _params_data(params: Mapping[str, SearchedParameter]) -> dict[str, Any]:
     return {name: parameter.to_data(PARAMETERS[name].default) for name, parameter in params.items()}
-

@@ -43,7 +43,9 @@ print(in_force, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 
 
 def run_python(code: str, **env: str) -> str:
     environment = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True, timeout=300).stdout
+    return subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True, timeout=300
+    ).stdout
 
 
 glibc_only = pytest.mark.skipif(
@@ -69,5 +71,10 @@ def test_training_steps_do_not_page_fault():
 
 @glibc_only
 def test_opt_out_leaves_the_allocator_alone():
-    assert run_python("from made_core.allocator import keep_freed_memory; print(keep_freed_memory())", MADE_MALLOC_TUNING="0").strip() == "False"
+    assert (
+        run_python(
+            "from made_core.allocator import keep_freed_memory; print(keep_freed_memory())", MADE_MALLOC_TUNING="0"
+        ).strip()
+        == "False"
+    )
     assert run_python("from made_core.allocator import keep_freed_memory; print(keep_freed_memory())").strip() == "True"

@@ -27,9 +27,9 @@ from benchmarks.throughput import (
     train_block,
     training_result_from_json,
 )
+from made_core.config import TrainConfig
 from made_core.model import MADE
 from made_core.steps import DenseStep
-from made_core.config import TrainConfig
 from made_core.train import Trainer
 
 
@@ -162,7 +162,9 @@ def test_training_section_runs_in_fresh_processes(tmp_path, capsys):
 
 
 def test_a_failing_measurement_process_is_reported(monkeypatch):
-    monkeypatch.setattr(bench, "child_command", lambda settings, path: [sys.executable, "-c", "raise SystemExit('no torch here')"])
+    monkeypatch.setattr(
+        bench, "child_command", lambda settings, path: [sys.executable, "-c", "raise SystemExit('no torch here')"]
+    )
     with pytest.raises(RuntimeError, match=r"benchmark process 1 failed \(exit 1\):\s+no torch here"):
         bench.training_in_processes(BenchSettings.quick_run(processes=2), log=lambda line: None)
 

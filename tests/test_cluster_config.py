@@ -146,18 +146,13 @@ def test_onprem_uses_local_provider_with_placeholder_ips():
 @pytest.mark.parametrize(
     "mutate",
     [
-        pytest.param(lambda c: c["available_node_types"]["worker.gpu.1x"]["resources"].update(GPU=0.5),
-                     id="float-gpu-resource"),
-        pytest.param(lambda c: c["available_node_types"]["head.cpu"]["resources"].update(CPU="8"),
-                     id="string-cpu-resource"),
+        pytest.param(lambda c: c["available_node_types"]["worker.gpu.1x"]["resources"].update(GPU=0.5), id="float-gpu-resource"),
+        pytest.param(lambda c: c["available_node_types"]["head.cpu"]["resources"].update(CPU="8"), id="string-cpu-resource"),
         pytest.param(lambda c: c.update(gpus_per_node=1), id="unknown-top-level-key"),
-        pytest.param(lambda c: c["available_node_types"]["worker.gpu.1x"].update(gpu=1),
-                     id="unknown-node-type-key"),
-        pytest.param(lambda c: c["available_node_types"]["worker.gpu.1x"].pop("resources"),
-                     id="missing-resources"),
+        pytest.param(lambda c: c["available_node_types"]["worker.gpu.1x"].update(gpu=1), id="unknown-node-type-key"),
+        pytest.param(lambda c: c["available_node_types"]["worker.gpu.1x"].pop("resources"), id="missing-resources"),
         pytest.param(lambda c: c.update(head_node_type="no.such.type"), id="bad-head-node-type"),
-        pytest.param(lambda c: c.update(head_setup_commands=[["pip", "install", "boto3"]]),
-                     id="command-not-a-string"),
+        pytest.param(lambda c: c.update(head_setup_commands=[["pip", "install", "boto3"]]), id="command-not-a-string"),
         pytest.param(lambda c: c.update(max_workers=0), id="min-workers-above-max-workers"),
     ],
 )
@@ -212,9 +207,9 @@ def test_local_storage_refused_on_multinode_cluster():
 @pytest.mark.parametrize(
     "storage, shared, nodes",
     [
-        ("/x", False, 1),                      # single node: local is fine
+        ("/x", False, 1),  # single node: local is fine
         ("/x", False, 0),
-        ("/mnt/nfs/runs", True, 4),            # declared shared
+        ("/mnt/nfs/runs", True, 4),  # declared shared
         ("s3://bucket/made-search", False, 4),  # reachable from every node
         ("gs://bucket/made-search", False, 2),
     ],
@@ -225,7 +220,6 @@ def test_storage_accepted(storage, shared, nodes):
 
 def test_count_alive_nodes_counts_only_alive(monkeypatch):
     ray = pytest.importorskip("ray")
-    fake = [{"NodeID": "a", "Alive": True}, {"NodeID": "b", "Alive": False},
-            {"NodeID": "c", "Alive": True}]
+    fake = [{"NodeID": "a", "Alive": True}, {"NodeID": "b", "Alive": False}, {"NodeID": "c", "Alive": True}]
     monkeypatch.setattr(ray, "nodes", lambda: fake)
     assert count_alive_nodes() == 2

@@ -47,20 +47,19 @@ FAKE_FILE = f"{FAKE_NAME}.npz"
 # helpers and fixtures
 # ----------------------------------------------------------------------------------
 
+
 def shared_file_or_skip(filename: str) -> Path:
     """The path of a file in $MADE_DATA_DIR, or skip the test saying how to provide it."""
     data_dir = os.environ.get("MADE_DATA_DIR")
     if not data_dir or not (Path(data_dir) / filename).is_file():
-        pytest.skip(f"{filename} not found in MADE_DATA_DIR={data_dir!r}; "
-                    "set MADE_DATA_DIR to ../shared/datasets")
+        pytest.skip(f"{filename} not found in MADE_DATA_DIR={data_dir!r}; set MADE_DATA_DIR to ../shared/datasets")
     return Path(data_dir) / filename
 
 
 def valid_fake_arrays() -> dict[str, np.ndarray]:
     """Arrays that satisfy the fake spec: float32 0/1, FAKE_SIZES rows x FAKE_DIM columns."""
     rng = np.random.default_rng(0)
-    return {f"{split}_data": (rng.random((rows, FAKE_DIM)) < 0.5).astype(np.float32)
-            for split, rows in FAKE_SIZES.items()}
+    return {f"{split}_data": (rng.random((rows, FAKE_DIM)) < 0.5).astype(np.float32) for split, rows in FAKE_SIZES.items()}
 
 
 def write_npz(path: Path, **arrays: Any) -> Path:
@@ -82,9 +81,16 @@ def npy_bytes_with_python2_header(array: np.ndarray) -> bytes:
 @pytest.fixture
 def fake_spec(monkeypatch: pytest.MonkeyPatch) -> DatasetSpec:
     """A tiny dataset registered for the duration of one test."""
-    spec = DatasetSpec(name=FAKE_NAME, input_dim=FAKE_DIM, train_size=FAKE_SIZES["train"],
-                       valid_size=FAKE_SIZES["valid"], test_size=FAKE_SIZES["test"],
-                       filename=FAKE_FILE, url=FAKE_URL, description="a fake for tests")
+    spec = DatasetSpec(
+        name=FAKE_NAME,
+        input_dim=FAKE_DIM,
+        train_size=FAKE_SIZES["train"],
+        valid_size=FAKE_SIZES["valid"],
+        test_size=FAKE_SIZES["test"],
+        filename=FAKE_FILE,
+        url=FAKE_URL,
+        description="a fake for tests",
+    )
     monkeypatch.setitem(DATASETS, FAKE_NAME, spec)
     return spec
 
@@ -143,8 +149,8 @@ def assert_binary_float32(array: np.ndarray, shape: tuple[int, int]) -> None:
 # real data from $MADE_DATA_DIR
 # ----------------------------------------------------------------------------------
 
-def test_dna_loads_from_made_data_dir_with_python2_header_and_no_warning(
-        capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_dna_loads_from_made_data_dir_with_python2_header_and_no_warning(capsys: pytest.CaptureFixture[str]) -> None:
     path = shared_file_or_skip("dna.npz")
     with zipfile.ZipFile(path) as archive:  # the test is only meaningful on a Python 2 file
         assert b"(1400L, 180L)" in archive.read("train_data.npy")[:128]
@@ -188,17 +194,21 @@ def test_mnist_loads_through_its_alias() -> None:
 # registry and names
 # ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, dim, sizes", [
-    ("mnist", 784, (50_000, 10_000, 10_000)),
-    ("adult", 123, (5_000, 1_414, 26_147)),
-    ("connect4", 126, (16_000, 4_000, 47_557)),
-    ("dna", 180, (1_400, 600, 1_186)),
-    ("mushrooms", 112, (2_000, 500, 5_624)),
-    ("nips", 500, (400, 100, 1_240)),
-    ("ocr_letters", 128, (32_152, 10_000, 10_000)),
-    ("rcv1", 150, (40_000, 10_000, 150_000)),
-    ("web", 300, (14_000, 3_188, 32_561)),
-])
+
+@pytest.mark.parametrize(
+    "name, dim, sizes",
+    [
+        ("mnist", 784, (50_000, 10_000, 10_000)),
+        ("adult", 123, (5_000, 1_414, 26_147)),
+        ("connect4", 126, (16_000, 4_000, 47_557)),
+        ("dna", 180, (1_400, 600, 1_186)),
+        ("mushrooms", 112, (2_000, 500, 5_624)),
+        ("nips", 500, (400, 100, 1_240)),
+        ("ocr_letters", 128, (32_152, 10_000, 10_000)),
+        ("rcv1", 150, (40_000, 10_000, 150_000)),
+        ("web", 300, (14_000, 3_188, 32_561)),
+    ],
+)
 def test_registry_holds_the_standard_splits(name: str, dim: int, sizes: tuple[int, int, int]) -> None:
     spec = DATASETS[name]
     assert (spec.name, spec.input_dim) == (name, dim)
@@ -222,14 +232,17 @@ def test_synthetic_datasets_are_listed_without_a_file() -> None:
     assert not DATASETS["dna"].is_synthetic
 
 
-@pytest.mark.parametrize("given, expected", [
-    ("binarized_mnist", "mnist"),
-    ("MNIST", "mnist"),
-    ("Binarized-MNIST", "mnist"),
-    ("  dna ", "dna"),
-    ("OCR-Letters", "ocr_letters"),
-    ("synthetic_tiny", "synthetic-tiny"),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("binarized_mnist", "mnist"),
+        ("MNIST", "mnist"),
+        ("Binarized-MNIST", "mnist"),
+        ("  dna ", "dna"),
+        ("OCR-Letters", "ocr_letters"),
+        ("synthetic_tiny", "synthetic-tiny"),
+    ],
+)
 def test_canonical_name_resolves_aliases_case_insensitively(given: str, expected: str) -> None:
     assert canonical_name(given) == expected
 
@@ -250,6 +263,7 @@ def test_unknown_name_lists_the_known_names() -> None:
 # ----------------------------------------------------------------------------------
 # data directory
 # ----------------------------------------------------------------------------------
+
 
 def test_data_dir_argument_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MADE_DATA_DIR", str(tmp_path / "from-env"))
@@ -280,18 +294,19 @@ def test_data_dir_defaults_to_home_cache(monkeypatch: pytest.MonkeyPatch, tmp_pa
 # reading files: formats that must load
 # ----------------------------------------------------------------------------------
 
+
 def test_valid_file_with_extra_keys_loads(fake_spec: DatasetSpec, tmp_path: Path) -> None:
     arrays = valid_fake_arrays()
-    write_npz(tmp_path / FAKE_FILE, **arrays, inputsize=np.int32(FAKE_DIM),
-              train_length=np.int32(3), comment=np.array([1.5, 2.5]))
+    write_npz(
+        tmp_path / FAKE_FILE, **arrays, inputsize=np.int32(FAKE_DIM), train_length=np.int32(3), comment=np.array([1.5, 2.5])
+    )
     splits = load_dataset(FAKE_NAME, data_dir=tmp_path, download=False)
     for split in ("train", "valid", "test"):
         np.testing.assert_array_equal(splits.split(split), arrays[f"{split}_data"])
         assert_binary_float32(splits.split(split), (FAKE_SIZES[split], FAKE_DIM))
 
 
-def test_python2_header_loads_without_warning(fake_spec: DatasetSpec, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_python2_header_loads_without_warning(fake_spec: DatasetSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     arrays = valid_fake_arrays()
     with zipfile.ZipFile(tmp_path / FAKE_FILE, "w") as archive:
         for key, array in arrays.items():
@@ -329,6 +344,7 @@ def test_compressed_npz_loads(fake_spec: DatasetSpec, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------
 # reading files: every refusal names the file and the problem
 # ----------------------------------------------------------------------------------
+
 
 def load_fake_expecting_error(path: Path) -> str:
     """Load the fake dataset from path's folder; return the DatasetError message."""
@@ -429,8 +445,8 @@ def test_pickled_object_arrays_are_refused(fake_spec: DatasetSpec, tmp_path: Pat
 # missing files and downloads
 # ----------------------------------------------------------------------------------
 
-def test_offline_download_says_what_to_put_where(fake_spec: DatasetSpec, tmp_path: Path,
-                                                 no_network: list[str]) -> None:
+
+def test_offline_download_says_what_to_put_where(fake_spec: DatasetSpec, tmp_path: Path, no_network: list[str]) -> None:
     with pytest.raises(DatasetError) as raised:
         load_dataset(FAKE_NAME, data_dir=tmp_path, progress=False)
     message = str(raised.value)
@@ -442,8 +458,7 @@ def test_offline_download_says_what_to_put_where(fake_spec: DatasetSpec, tmp_pat
     assert leftovers(tmp_path) == []
 
 
-def test_download_timeout_is_reported(fake_spec: DatasetSpec, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_timeout_is_reported(fake_spec: DatasetSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def slow_urlopen(url: str, *args: object, **kwargs: object) -> None:
         raise TimeoutError("timed out")
 
@@ -462,8 +477,9 @@ def test_http_error_is_reported(fake_spec: DatasetSpec, tmp_path: Path, monkeypa
         load_dataset(FAKE_NAME, data_dir=tmp_path, progress=False)
 
 
-def test_missing_file_without_download_does_not_touch_the_network(fake_spec: DatasetSpec, tmp_path: Path,
-                                                                  no_network: list[str]) -> None:
+def test_missing_file_without_download_does_not_touch_the_network(
+    fake_spec: DatasetSpec, tmp_path: Path, no_network: list[str]
+) -> None:
     with pytest.raises(DatasetError) as raised:
         load_dataset(FAKE_NAME, data_dir=tmp_path, download=False)
     message = str(raised.value)
@@ -472,9 +488,9 @@ def test_missing_file_without_download_does_not_touch_the_network(fake_spec: Dat
     assert f"put it at {tmp_path / 'tinyfake.npz'}" in message and FAKE_URL in message
 
 
-def test_missing_file_is_downloaded_from_a_file_url(fake_spec: DatasetSpec, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_file_is_downloaded_from_a_file_url(
+    fake_spec: DatasetSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     arrays = valid_fake_arrays()
     source = write_npz(tmp_path / "server" / "tinyfake.npz", **arrays)
     monkeypatch.setitem(DATASETS, FAKE_NAME, DatasetSpec(**{**fake_spec.__dict__, "url": source.as_uri()}))
@@ -489,9 +505,9 @@ def test_missing_file_is_downloaded_from_a_file_url(fake_spec: DatasetSpec, tmp_
     load_dataset(FAKE_NAME, data_dir=data_dir)
 
 
-def test_download_from_served_bytes_without_progress(fake_spec: DatasetSpec, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_download_from_served_bytes_without_progress(
+    fake_spec: DatasetSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     body = write_npz(tmp_path / "source.npz", **valid_fake_arrays()).read_bytes()
     serve(monkeypatch, FakeResponse(body, content_length=len(body)))
     load_dataset(FAKE_NAME, data_dir=tmp_path / "data", progress=False)
@@ -499,8 +515,7 @@ def test_download_from_served_bytes_without_progress(fake_spec: DatasetSpec, tmp
     assert capsys.readouterr().err == ""
 
 
-def test_short_download_leaves_nothing(fake_spec: DatasetSpec, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_short_download_leaves_nothing(fake_spec: DatasetSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     body = write_npz(tmp_path / "source.npz", **valid_fake_arrays()).read_bytes()
     serve(monkeypatch, FakeResponse(body[:100], content_length=len(body)))
     with pytest.raises(DatasetError, match=f"incomplete \\(100 of {len(body)} bytes\\)"):
@@ -508,8 +523,9 @@ def test_short_download_leaves_nothing(fake_spec: DatasetSpec, tmp_path: Path,
     assert leftovers(tmp_path / "data") == []
 
 
-def test_connection_dropped_mid_download_leaves_nothing(fake_spec: DatasetSpec, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connection_dropped_mid_download_leaves_nothing(
+    fake_spec: DatasetSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     body = write_npz(tmp_path / "source.npz", **valid_fake_arrays()).read_bytes()
     serve(monkeypatch, FakeResponse(body, content_length=len(body), fail_after=200))
     with pytest.raises(DatasetError, match="connection reset"):
@@ -517,8 +533,9 @@ def test_connection_dropped_mid_download_leaves_nothing(fake_spec: DatasetSpec, 
     assert leftovers(tmp_path / "data") == []
 
 
-def test_download_that_is_not_a_zip_leaves_nothing(fake_spec: DatasetSpec, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_that_is_not_a_zip_leaves_nothing(
+    fake_spec: DatasetSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     serve(monkeypatch, FakeResponse(b"<html>rate limited</html>"))  # no Content-Length
     with pytest.raises(DatasetError, match="did not return an npz"):
         load_dataset(FAKE_NAME, data_dir=tmp_path / "data", progress=False)
@@ -528,6 +545,7 @@ def test_download_that_is_not_a_zip_leaves_nothing(fake_spec: DatasetSpec, tmp_p
 # ----------------------------------------------------------------------------------
 # synthetic data
 # ----------------------------------------------------------------------------------
+
 
 def all_binary_vectors(input_dim: int) -> np.ndarray:
     """Every x in {0, 1}^D, shape (2^D, D), float64."""
@@ -541,8 +559,7 @@ def brute_force_probability(weights: np.ndarray, probs: np.ndarray, rows: np.nda
 
 
 @pytest.mark.parametrize("name", ["synthetic-tiny", "synthetic-mob"])
-def test_synthetic_splits_have_the_registry_shapes(name: str, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_synthetic_splits_have_the_registry_shapes(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MADE_DATA_DIR", str(tmp_path / "nowhere"))  # needs no file, no network
     spec = DATASETS[name]
     splits = load_dataset(name)
@@ -586,8 +603,9 @@ def test_synthetic_tiny_true_nll_matches_brute_force() -> None:
     nll = -np.log(test_probability)
     assert splits.true_test_nll == pytest.approx(nll.mean(), rel=1e-12)
     assert splits.true_test_nll_stderr == pytest.approx(nll.std(ddof=1) / np.sqrt(nll.size), rel=1e-9)
-    np.testing.assert_allclose(mixture.log_prob(everything), np.log(brute_force_probability(
-        weights, mixture.probs, everything)), rtol=1e-12)
+    np.testing.assert_allclose(
+        mixture.log_prob(everything), np.log(brute_force_probability(weights, mixture.probs, everything)), rtol=1e-12
+    )
 
 
 def test_samples_follow_the_true_distribution() -> None:

@@ -10,17 +10,19 @@ import pytest
 import torch
 
 import made_core.fused_adam as fused_adam
+from made_core.config import TrainConfig
 from made_core.fused_adam import MaskedAdam, load_kernels, masked_adam_applies
 from made_core.hyperparameters import MASK_SAMPLING
-from made_core.steps import FusedAdamStep
 from made_core.masks import make_degrees, make_masks
 from made_core.model import MADE
-from made_core.config import TrainConfig
+from made_core.steps import FusedAdamStep
 from made_core.train import Trainer
 
 ROWS = (np.random.default_rng(0).random((600, 12)) < 0.3).astype(np.float32)
 
-needs_kernels = pytest.mark.skipif(load_kernels() is None, reason=f"fused masked-Adam kernels unavailable ({fused_adam._load_error})")
+needs_kernels = pytest.mark.skipif(
+    load_kernels() is None, reason=f"fused masked-Adam kernels unavailable ({fused_adam._load_error})"
+)
 
 
 def trained(monkeypatch, fused: bool, **overrides) -> Trainer:
@@ -51,16 +53,22 @@ def test_masked_adam_trains_as_torch_adam_with_mask_products(monkeypatch, num_ma
         assert float(fused_state["state"][index]["step"]) == float(expected["step"]) == 30
         for key in ("exp_avg", "exp_avg_sq"):
             assert torch.allclose(fused_state["state"][index][key], expected[key], rtol=1e-3, atol=1e-6), (index, key)
-    assert [r["valid_nll"] for r in fused.progress.history] == pytest.approx([r["valid_nll"] for r in reference.progress.history], abs=1e-4)
+    assert [r["valid_nll"] for r in fused.progress.history] == pytest.approx(
+        [r["valid_nll"] for r in reference.progress.history], abs=1e-4
+    )
 
 
 @needs_kernels
 def test_kernel_masks_equal_the_mask_products():
     torch.manual_seed(0)
-    for degrees, mask in zip(make_degrees(9, (11, 7), "agnostic", 4, 2, True), make_masks(9, (11, 7), "agnostic", 4, 2, True).in_layer_order()):
+    for degrees, mask in zip(
+        make_degrees(9, (11, 7), "agnostic", 4, 2, True), make_masks(9, (11, 7), "agnostic", 4, 2, True).in_layer_order()
+    ):
         weight = torch.randn(mask.shape)
         shift = 0.0 if degrees.strict else 1.0
-        assert torch.equal(load_kernels().masked_weight(weight, degrees.rows.float(), degrees.columns.float(), shift), weight * mask)
+        assert torch.equal(
+            load_kernels().masked_weight(weight, degrees.rows.float(), degrees.columns.float(), shift), weight * mask
+        )
 
 
 @needs_kernels

@@ -10,9 +10,9 @@ import torch
 
 from made_core.evaluate import evaluate_nll, example_log_probs
 from made_core.hyperparameters import MASK_SAMPLING
-from made_core.steps import FixedMaskStep, make_training_step
 from made_core.masks import input_degrees, make_masks, make_ordering
 from made_core.model import MADE, load_model, save_model
+from made_core.steps import FixedMaskStep, make_training_step
 
 CONNECTIVITIES = [(1, "natural"), (1, "random"), (4, "natural"), (4, "random"), (4, "agnostic"), (MASK_SAMPLING, "agnostic")]
 DEPTHS = [(30,), (30, 25), (25, 30, 28)]
@@ -32,7 +32,7 @@ def test_autoregressive_property(num_masks, ordering, hidden_sizes, direct_conne
         order = model.masks(mask_index).order
         position = input_degrees(order) - 1
         x = torch.rand(5, dim, dtype=torch.float64, requires_grad=True)
-        jacobian = torch.autograd.functional.jacobian(lambda v: model.logits(v, mask_index).sum(0), x)
+        jacobian = torch.autograd.functional.jacobian(lambda v, index=mask_index: model.logits(v, index).sum(0), x)
         # jacobian[d, b, j] = d sum_b logit_{b,d} / d x_{b,j}; rows are independent in b.
         dependence = jacobian.abs().sum(dim=1)
         masks = model.masks(mask_index)
@@ -69,11 +69,11 @@ def test_training_logits_equal_logits_with_the_same_gradients(num_masks, orderin
     for step in range(3):
         mask_index = model.training_mask_index(step)
         results = []
-        for compute in (lambda v: train_step.logits(v, step), lambda v: model.logits(v, mask_index)):
+        for compute in (lambda v, s=step: train_step.logits(v, s), lambda v, index=mask_index: model.logits(v, index)):
             model.zero_grad()
             logits = compute(x)
             (logits * torch.linspace(-1, 1, 7, dtype=torch.float64)).sum().backward()
-            jacobian = torch.autograd.functional.jacobian(lambda row: compute(row[None])[0], x[0])
+            jacobian = torch.autograd.functional.jacobian(lambda row, f=compute: f(row[None])[0], x[0])
             results.append((logits.detach(), [p.grad.clone() for p in model.parameters()], jacobian))
         (fast_logits, fast_grads, fast_jacobian), (logits, grads, jacobian) = results
         assert torch.allclose(fast_logits, logits, rtol=0, atol=1e-12)
@@ -129,7 +129,9 @@ def test_mask_sampling_training_masks_are_not_cached():
 
 
 def cut_weights_are_zero(model: MADE) -> bool:
-    return all(torch.all(layer.weight[mask == 0] == 0) for layer, mask in zip(model.masked_layers(), model.masks(0).in_layer_order()))
+    return all(
+        torch.all(layer.weight[mask == 0] == 0) for layer, mask in zip(model.masked_layers(), model.masks(0).in_layer_order())
+    )
 
 
 def test_fixed_mask_step_zeroes_cut_weights_whenever_something_else_wrote_them():

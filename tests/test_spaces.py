@@ -487,9 +487,11 @@ def test_invalid_space_is_refused_with_its_problem(data: dict[str, Any], fragmen
 
 def test_override_may_move_a_parameter_between_searched_and_fixed():
     space = SearchSpace.from_data(
-        bad({"hidden_units": {"choice": [16, 32]}}, fixed={"batch_size": 100}, datasets={
-            "mnist": {"params": {"batch_size": {"choice": [64, 128]}}, "fixed": {"hidden_units": 1000}}
-        }),
+        bad(
+            {"hidden_units": {"choice": [16, 32]}},
+            fixed={"batch_size": 100},
+            datasets={"mnist": {"params": {"batch_size": {"choice": [64, 128]}}, "fixed": {"hidden_units": 1000}}},
+        ),
         default_name="bad",
     )
     assert space.searched_parameters("mnist") == ("batch_size",)

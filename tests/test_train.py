@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from made_core.data import load_dataset, true_distribution
-from made_core.evaluate import ensemble_nlls, evaluate_nll
 from made_core.config import TrainConfig
+from made_core.data import load_dataset, true_distribution
 from made_core.ensembles import SAMPLING_TEST_MASK_CHOICES, choose_test_masks
+from made_core.evaluate import ensemble_nlls, evaluate_nll
 from made_core.train import Trainer
 from made_core.train_cli import main
 
@@ -186,7 +186,10 @@ def test_cli_chooses_the_mask_sampling_ensemble_on_validation(capsys):
     [
         (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
         (["--dataset", "synthetic-tiny", "--learning-rate", "-1"], "learning_rate must be > 0"),
-        (["--dataset", "synthetic-tiny", "--num-masks", "2", "--test-masks", "4"], "--test-masks must be between 1 and num_masks"),
+        (
+            ["--dataset", "synthetic-tiny", "--num-masks", "2", "--test-masks", "4"],
+            "--test-masks must be between 1 and num_masks",
+        ),
         (["--dataset", "synthetic-tiny", "--resume"], "--resume needs --checkpoint-dir"),
     ],
 )

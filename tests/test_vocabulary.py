@@ -17,9 +17,9 @@ import pytest
 
 import spaces
 from made_core import hyperparameters as vocabulary
+from made_core.config import HYPERPARAMETER_FIELDS, TrainConfig
 from made_core.hyperparameters import DEFAULTS, PARAMETERS
 from made_core.model import ACTIVATION_FUNCTIONS, MADE
-from made_core.config import HYPERPARAMETER_FIELDS, TrainConfig
 from made_core.train_cli import build_parser
 
 
