@@ -32,7 +32,7 @@ from made_core.registry import (
     get_spec,
     resolve_data_dir,
 )
-from made_core.synthetic import BernoulliMixture, build_mixture, mean_nll_with_stderr, sample_splits
+from made_core.synthetic import TrueDistribution, build_distribution, mean_nll_with_stderr, sample_splits
 
 # The registry's names, re-exported: made_core.data is where callers load data from.
 __all__ = ["DATA_DIR_ENV", "DATASETS", "SPLIT_NAMES", "DatasetError", "DatasetSpec", "Splits", "canonical_name",
@@ -69,7 +69,7 @@ class Splits:
         return getattr(self, split_name)
 
 
-def true_distribution(name: str) -> BernoulliMixture:
+def true_distribution(name: str) -> TrueDistribution:
     """The exact data distribution of a synthetic dataset; ``.log_prob(rows)`` scores any rows.
 
     Raises:
@@ -78,7 +78,7 @@ def true_distribution(name: str) -> BernoulliMixture:
     spec = get_spec(name)
     if spec.synthetic is None:
         raise DatasetError(f"dataset {spec.name!r} is real data: its true distribution is unknown")
-    return build_mixture(spec.input_dim, spec.synthetic)
+    return build_distribution(spec.input_dim, spec.synthetic)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True, progress: bool = True) -> Splits:
@@ -136,7 +136,7 @@ def _sha256(path: Path) -> str:
 def _generate_synthetic(spec: DatasetSpec) -> Splits:
     """Sample a synthetic dataset's splits and score its test split under the true distribution."""
     assert spec.synthetic is not None
-    mixture = build_mixture(spec.input_dim, spec.synthetic)
+    mixture = build_distribution(spec.input_dim, spec.synthetic)
     arrays = sample_splits(mixture, spec.split_sizes, spec.synthetic.seed)
     test_nll, test_nll_stderr = mean_nll_with_stderr(mixture.log_prob(arrays["test"]))
     return Splits(

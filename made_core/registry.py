@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from made_core.files import user_cache_dir
-from made_core.synthetic import MixtureRecipe
+from made_core.synthetic import BayesNetRecipe, MixtureRecipe, SyntheticRecipe
 
 DATA_DIR_ENV = "MADE_DATA_DIR"
 SPLIT_NAMES: tuple[str, ...] = ("train", "valid", "test")
@@ -49,7 +49,7 @@ class DatasetSpec:
     url: str | None
     aliases: tuple[str, ...] = ()
     description: str = ""
-    synthetic: MixtureRecipe | None = None
+    synthetic: SyntheticRecipe | None = None
 
     @property
     def split_sizes(self) -> dict[str, int]:
@@ -79,12 +79,13 @@ def _uci_spec(
     )
 
 
-def _synthetic_spec(name: str, input_dim: int, sizes: tuple[int, int, int], recipe: MixtureRecipe) -> DatasetSpec:
-    """Registry entry for a mixture-of-product-Bernoullis dataset with a known true NLL."""
-    description = (
-        f"synthetic mixture of {recipe.num_components} product Bernoullis over {input_dim} bits "
-        f"(seed {recipe.seed}); exact true NLL known"
-    )
+def _synthetic_spec(name: str, input_dim: int, sizes: tuple[int, int, int], recipe: SyntheticRecipe) -> DatasetSpec:
+    """Registry entry for a synthetic dataset with a known true NLL."""
+    if isinstance(recipe, BayesNetRecipe):
+        family = f"random logistic Bayesian network (up to {recipe.max_parents} parents per variable, hidden ordering)"
+    else:
+        family = f"mixture of {recipe.num_components} product Bernoullis"
+    description = f"synthetic {family} over {input_dim} bits (seed {recipe.seed}); exact true NLL known"
     return DatasetSpec(
         name=name,
         input_dim=input_dim,
@@ -138,6 +139,11 @@ DATASETS: dict[str, DatasetSpec] = {
         "synthetic-mob", 32, (10_000, 2_000, 2_000), MixtureRecipe(num_components=10, seed=20150207)
     ),
     "synthetic-tiny": _synthetic_spec("synthetic-tiny", 10, (1_000, 250, 250), MixtureRecipe(num_components=3, seed=1502)),
+    # Autoregressive structure at three shapes: few dimensions and many rows, a middle one,
+    # and many dimensions with few rows (where mask ensembles should pay).
+    "synthetic-bn-20": _synthetic_spec("synthetic-bn-20", 20, (50_000, 5_000, 5_000), BayesNetRecipe(max_parents=3, seed=2020)),
+    "synthetic-bn-100": _synthetic_spec("synthetic-bn-100", 100, (2_000, 500, 2_000), BayesNetRecipe(max_parents=4, seed=2100)),
+    "synthetic-bn-500": _synthetic_spec("synthetic-bn-500", 500, (400, 100, 1_000), BayesNetRecipe(max_parents=5, seed=2500)),
 }
 
 

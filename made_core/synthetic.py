@@ -1,12 +1,16 @@
 """Synthetic binary datasets whose true distribution is known exactly.
 
-The true distribution is a mixture of product Bernoullis:
+Two families, both with an exact log p(x), so the true test NLL of a synthetic dataset is
+known and a test or benchmark can check how close a trained MADE gets:
 
-    p(x) = sum_k w_k prod_d q_kd^x_d (1 - q_kd)^(1 - x_d),   x in {0, 1}^D,
+- a mixture of product Bernoullis (``MixtureRecipe``), a logsumexp over K components:
 
-so log p(x) is exact (a logsumexp over K components) and the true test NLL of a
-synthetic dataset is known, which lets a test check that a trained MADE approaches
-it. Everything here is deterministic: the parameters and every split come from a
+      p(x) = sum_k w_k prod_d q_kd^x_d (1 - q_kd)^(1 - x_d),   x in {0, 1}^D;
+
+- a random sparse logistic Bayesian network (``BayesNetRecipe``): in a hidden random
+  ordering of the variables, each one depends on a few earlier ones through a logistic
+  conditional, p(x) = prod_i sigmoid(+-(b_i + sum_j W_ij x_j)). Real autoregressive
+  structure, and an ordering that is not the natural one. Everything here is deterministic: the parameters and every split come from a
 fixed integer seed through numpy's PCG64 and only uniform draws (``Generator.random``),
 whose stream numpy keeps stable, with the shaping done by closed-form transforms here
 rather than by numpy's Beta/Dirichlet samplers, whose algorithms may change between
@@ -108,6 +112,94 @@ def build_mixture(input_dim: int, recipe: MixtureRecipe) -> BernoulliMixture:
     return BernoulliMixture(log_weights=np.log(weights), probs=probs)
 
 
+@dataclass(frozen=True)
+class BayesNetRecipe:
+    """How to build a random sparse logistic Bayesian network over D binary variables.
+
+    Attributes:
+        max_parents: each variable depends on up to this many variables earlier in the
+            network's (hidden, random) ordering, chosen uniformly among them.
+        seed: the one integer every parameter and every split is derived from.
+        weight_scale: parent weights are uniform in +-[weight_scale / 2, weight_scale],
+            strong enough that the dependencies matter.
+        bias_scale: biases are uniform in [-bias_scale, bias_scale].
+    """
+
+    max_parents: int
+    seed: int
+    weight_scale: float = 3.0
+    bias_scale: float = 1.5
+
+    def __post_init__(self) -> None:
+        if self.max_parents < 1:
+            raise ValueError(f"max_parents must be >= 1, got {self.max_parents}")
+        if not self.weight_scale > 0 or self.bias_scale < 0:
+            raise ValueError(f"weight_scale must be > 0 and bias_scale >= 0, got {self.weight_scale}, {self.bias_scale}")
+
+
+@dataclass(frozen=True, eq=False)
+class LogisticBayesNet:
+    """p(x) = prod_i Bernoulli(x_i; sigmoid(bias_i + weights[i] @ x)), variables sampled in ``order``.
+
+    Attributes:
+        order: int64 (D,), a topological order: weights[i, j] != 0 only if j comes before i.
+        weights: float64 (D, D), row i holds variable i's parent weights.
+        bias: float64 (D,).
+    """
+
+    order: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.bias.shape[0])
+
+    def log_prob(self, rows: np.ndarray) -> np.ndarray:
+        """Exact log p(x) in nats for each row, shape (N,)."""
+        values = _as_binary_rows(rows, self.input_dim)
+        logits = values @ self.weights.T + self.bias
+        # log sigmoid(+-z) = -log(1 + exp(-+z)), stable through logaddexp.
+        return -(values * np.logaddexp(0.0, -logits) + (1.0 - values) * np.logaddexp(0.0, logits)).sum(axis=1)
+
+    def sample(self, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """Ancestral sampling in ``order``; float32 C-contiguous (num_samples, D) 0/1 rows."""
+        uniforms = rng.random((num_samples, self.input_dim))
+        rows = np.zeros((num_samples, self.input_dim))
+        for position, variable in enumerate(self.order):
+            logits = rows @ self.weights[variable] + self.bias[variable]
+            rows[:, variable] = uniforms[:, position] < 1.0 / (1.0 + np.exp(-logits))
+        return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+def build_bayes_net(input_dim: int, recipe: BayesNetRecipe) -> LogisticBayesNet:
+    """Build the network a recipe describes over ``input_dim`` variables (bit-identical every call)."""
+    if input_dim < 1:
+        raise ValueError(f"input_dim must be >= 1, got {input_dim}")
+    rng = np.random.Generator(np.random.PCG64(_parameter_seed(recipe.seed)))
+    order = np.argsort(rng.random(input_dim), kind="stable")
+    weights = np.zeros((input_dim, input_dim))
+    for position in range(1, input_dim):
+        count = min(position, recipe.max_parents)
+        parents = order[np.argsort(rng.random(position), kind="stable")[:count]]
+        magnitudes = recipe.weight_scale * (0.5 + 0.5 * rng.random(count))
+        signs = np.where(rng.random(count) < 0.5, -1.0, 1.0)
+        weights[order[position], parents] = signs * magnitudes
+    bias = recipe.bias_scale * (2.0 * rng.random(input_dim) - 1.0)
+    return LogisticBayesNet(order=order, weights=weights, bias=bias)
+
+
+SyntheticRecipe = MixtureRecipe | BayesNetRecipe
+TrueDistribution = BernoulliMixture | LogisticBayesNet
+
+
+def build_distribution(input_dim: int, recipe: SyntheticRecipe) -> TrueDistribution:
+    """The exact distribution of a synthetic dataset, of either family."""
+    if isinstance(recipe, BayesNetRecipe):
+        return build_bayes_net(input_dim, recipe)
+    return build_mixture(input_dim, recipe)
+
+
 def _parameter_seed(seed: int) -> np.random.SeedSequence:
     """The seed sequence for the parameters: child 0 of the recipe's seed."""
     return np.random.SeedSequence(seed).spawn(1 + len(SPLIT_NAMES))[0]
@@ -164,7 +256,7 @@ def sample_mixture(mixture: BernoulliMixture, num_samples: int, rng: np.random.G
     return np.ascontiguousarray(bits, dtype=np.float32)
 
 
-def sample_splits(mixture: BernoulliMixture, sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:
+def sample_splits(mixture: TrueDistribution, sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:
     """Draw the train/valid/test splits of a synthetic dataset.
 
     Args:
@@ -175,7 +267,7 @@ def sample_splits(mixture: BernoulliMixture, sizes: Mapping[str, int], seed: int
     Returns:
         dict split name -> float32 array of shape (sizes[split], D).
     """
-    return {split: sample_mixture(mixture, sizes[split], _split_generator(seed, split)) for split in SPLIT_NAMES}
+    return {split: mixture.sample(sizes[split], _split_generator(seed, split)) for split in SPLIT_NAMES}
 
 
 def mean_nll_with_stderr(log_probs: np.ndarray) -> tuple[float, float]:

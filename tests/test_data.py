@@ -34,7 +34,14 @@ from made_core.data import (
     resolve_data_dir,
     true_distribution,
 )
-from made_core.synthetic import MixtureRecipe, build_mixture, mean_nll_with_stderr, mixture_log_prob
+from made_core.synthetic import (
+    BayesNetRecipe,
+    MixtureRecipe,
+    build_bayes_net,
+    build_mixture,
+    mean_nll_with_stderr,
+    mixture_log_prob,
+)
 
 FAKE_NAME = "tinyfake"
 FAKE_DIM = 4
@@ -659,3 +666,44 @@ def test_data_module_imports_nothing_of_the_other_packages() -> None:
     source = Path(data.__file__).read_text() + Path(data.__file__).with_name("synthetic.py").read_text()
     for forbidden in ("import ray", "import optuna", "from search", "from spaces", "from results"):
         assert forbidden not in source
+
+
+# ----------------------------------------------------------------------------------
+# the Bayesian-network family
+# ----------------------------------------------------------------------------------
+
+
+def test_bayes_net_is_normalised_and_respects_its_ordering() -> None:
+    net = build_bayes_net(10, BayesNetRecipe(max_parents=3, seed=7))
+    probabilities = np.exp(net.log_prob(all_binary_vectors(10)))
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-12)
+    position = np.empty(10, dtype=int)
+    position[net.order] = np.arange(10)
+    parents, children = np.nonzero(net.weights.T)  # weights[child, parent]
+    assert np.all(position[parents] < position[children])
+    assert np.all((net.weights != 0).sum(axis=1) <= 3) and (net.weights != 0).sum() > 10
+    assert not np.array_equal(net.order, np.arange(10))  # a hidden ordering, not the natural one
+
+
+def test_bayes_net_samples_follow_its_log_prob() -> None:
+    net = build_bayes_net(10, BayesNetRecipe(max_parents=3, seed=7))
+    log_p = net.log_prob(all_binary_vectors(10))
+    entropy = -np.sum(np.exp(log_p) * log_p)
+    rows = net.sample(20_000, np.random.default_rng(0))
+    nll, stderr = mean_nll_with_stderr(net.log_prob(rows))
+    assert abs(nll - entropy) < 4 * stderr
+    # Each variable's frequency matches its exact marginal.
+    marginals = np.exp(log_p) @ all_binary_vectors(10)
+    assert np.allclose(rows.mean(axis=0), marginals, atol=0.02)
+
+
+@pytest.mark.parametrize("name", ["synthetic-bn-20", "synthetic-bn-100", "synthetic-bn-500"])
+def test_bayes_net_datasets_are_registered_deterministic_and_scored(name: str) -> None:
+    first, second = load_dataset(name), load_dataset(name)
+    assert np.array_equal(first.train, second.train) and first.true_test_nll == second.true_test_nll
+    truth = true_distribution(name).log_prob(first.test)
+    assert first.true_test_nll == pytest.approx(-truth.mean(), abs=1e-9)
+    # Real structure: well below the entropy of independent bits with the same marginals.
+    marginal = first.train.mean(axis=0).clip(1e-6, 1 - 1e-6)
+    independent = -(first.test * np.log(marginal) + (1 - first.test) * np.log1p(-marginal)).sum(axis=1).mean()
+    assert first.true_test_nll < 0.9 * independent
