@@ -18,6 +18,8 @@ Run ``python -m benchmarks.throughput [--quick] [--device cpu|cuda] [--threads N
 2. Evaluation. Examples/s of ``evaluate_nll(model, rows, n_masks=32)`` and its matmul
    FLOP rate as a fraction of the rate of the same matmuls (same shapes, same batch size)
    run dense, timed alternately in the same process.
+3. Sampling. Milliseconds of ``MADE.sample`` for 784 dimensions against one full forward pass
+   per dimension (``sample_by_passes``) with the same uniforms, timed alternately.
 
 The benchmark reports; it never fails. Timings on a shared machine are noisy, which is why
 only ratios measured side by side are compared with the target.
@@ -148,6 +150,17 @@ class EvaluationResult:
     nll: float
 
 
+@dataclass(frozen=True)
+class SamplingResult:
+    """One model of section 3: ``MADE.sample`` beside one full forward pass per dimension."""
+
+    hidden_sizes: tuple[int, ...]
+    rows: int
+    milliseconds: float
+    passes_milliseconds: float
+    speedup: float
+
+
 @dataclass
 class BenchReport:
     environment: dict[str, object]
@@ -157,6 +170,7 @@ class BenchReport:
     target_ratio: float = TARGET_RATIO
     training: list[TrainingResult] = field(default_factory=list)
     evaluation: list[EvaluationResult] = field(default_factory=list)
+    sampling: list[SamplingResult] = field(default_factory=list)
 
 
 # -- the baseline --------------------------------------------------------------------
@@ -507,6 +521,35 @@ def environment(device: torch.device) -> dict[str, object]:
     }
 
 
+SAMPLING_ROWS = 100
+SAMPLING_TARGET = 20.0  # times faster than a pass per dimension, for one hidden layer at D=784
+
+
+def benchmark_sampling(hidden_sizes: tuple[int, ...], settings: BenchSettings) -> SamplingResult:
+    """``MADE.sample`` (incremental for one hidden layer) against ``sample_by_passes``, timed in
+    alternating rounds in this process, with the same uniforms."""
+    device = resolve_device(settings.device)
+    torch.manual_seed(0)
+    model = MADE(INPUT_DIM, hidden_sizes, num_masks=1, ordering="agnostic", direct_connection=settings.direct_connection)
+    model = model.to(device)
+    rows = 20 if settings.quick else SAMPLING_ROWS
+    uniforms = torch.rand(rows, INPUT_DIM, generator=torch.Generator(device=device).manual_seed(0), device=device)
+    model.sample(1)  # builds the cached mask
+
+    def sample() -> None:
+        model.sample(rows, generator=torch.Generator(device=device).manual_seed(0))
+
+    def passes() -> None:
+        model.sample_by_passes(0, uniforms)
+
+    timings: dict[Callable[[], None], list[float]] = {sample: [], passes: []}
+    for round_index in range(2):
+        for run in (sample, passes) if round_index % 2 == 0 else (passes, sample):
+            timings[run].append(timed(run, device).wall_seconds)
+    fast, slow = statistics.median(timings[sample]), statistics.median(timings[passes])
+    return SamplingResult(hidden_sizes, rows, 1e3 * fast, 1e3 * slow, slow / fast)
+
+
 def run_benchmark(
     settings: BenchSettings, log: Callable[[str], None] = lambda line: None, training_only: bool = False
 ) -> BenchReport:
@@ -526,6 +569,10 @@ def run_benchmark(
         evaluation = benchmark_evaluation(hidden_sizes, data.evaluation_rows, settings)
         report.evaluation.append(evaluation)
         log(f"  evaluation {layer_label(hidden_sizes)}: {evaluation.fraction_of_dense:.3f} of dense")
+    for hidden_sizes in () if training_only else HIDDEN_CONFIGS:
+        sampled = benchmark_sampling(hidden_sizes, settings)
+        report.sampling.append(sampled)
+        log(f"  sampling {layer_label(hidden_sizes)}: {sampled.speedup:.1f}x a pass per dimension")
     report.environment["load_average_end"] = load_average()
     return report
 
@@ -634,6 +681,23 @@ def format_report(report: BenchReport) -> str:
             f"{evaluated.ensemble_gflops_per_second:>17.1f} {evaluated.dense_gflops_per_second:>14.1f} "
             f"{evaluated.fraction_of_dense:>18.3f} {_ratio(evaluated.fraction_of_dense_by_cpu_time):>12}"
         )
+    if report.sampling:
+        lines += [
+            "",
+            f"3. Sampling {report.sampling[0].rows} rows of D={INPUT_DIM}: MADE.sample against one full forward pass per",
+            "   dimension (sample_by_passes), same uniforms, medians of 2 interleaved rounds; one hidden layer",
+            f"   updates its pre-activations one input at a time (target {SAMPLING_TARGET:.0f}x), deeper nets make a pass per dimension.",
+            "",
+            f"   {'hidden':<8} {'sample ms':>10} {'passes ms':>10} {'speed-up':>9} {'target':>7}  verdict",
+        ]
+        for sampled in report.sampling:
+            one_layer = len(sampled.hidden_sizes) == 1
+            verdict = ("PASS" if sampled.speedup >= SAMPLING_TARGET else "FAIL") if one_layer else "-"
+            target = f"{SAMPLING_TARGET:.0f}x" if one_layer else "-"
+            lines.append(
+                f"   {layer_label(sampled.hidden_sizes):<8} {sampled.milliseconds:>10.1f} {sampled.passes_milliseconds:>10.1f} "
+                f"{sampled.speedup:>8.1f}x {target:>7}  {verdict}"
+            )
     return "\n".join(lines)
 
 

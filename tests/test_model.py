@@ -395,3 +395,33 @@ def test_batched_evaluation_equals_the_ensemble(num_masks, n_masks):
         assert torch.allclose(batched, model.log_prob(x, n_masks=n_masks), atol=1e-12)
     nll = evaluate_nll(model, x.numpy(), n_masks=n_masks, batch_size=100)
     assert nll.examples == 256 and nll.mean == pytest.approx(-batched.mean().item(), abs=1e-12)
+
+
+@pytest.mark.parametrize("num_masks,ordering", CONNECTIVITIES)
+@pytest.mark.parametrize("hidden_sizes", [(16,), (16, 12), (16, 12, 10)])
+@pytest.mark.parametrize("direct_connection", [False, True])
+def test_sampling_equals_a_full_pass_per_dimension_given_the_same_uniforms(num_masks, ordering, hidden_sizes, direct_connection):
+    model = MADE(9, hidden_sizes, num_masks, ordering, direct_connection, "tanh", seed=5).double()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 1.5, generator=torch.Generator().manual_seed(2))
+    mask_index = 1 if num_masks != 1 else 0
+    uniforms = torch.rand(500, 9, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    reference = model.sample_by_passes(mask_index, uniforms)
+    generator = torch.Generator().manual_seed(3)
+    assert torch.equal(model.sample(500, mask_index, generator=generator), reference)  # sample draws the same uniforms
+    assert 0 < reference.mean() < 1
+
+
+def test_two_layer_samples_follow_model_distribution():
+    dim = 4
+    model = MADE(dim, (16, 12), num_masks=1, ordering="random", seed=4).double()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 2.0, generator=torch.Generator().manual_seed(1))
+    samples = model.sample(20000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        probabilities = model.log_prob(all_binary_vectors(dim)).exp()
+    codes = (samples * (2 ** torch.arange(dim - 1, -1, -1, dtype=torch.float64))).sum(1).long()
+    empirical = torch.bincount(codes, minlength=2**dim).double() / len(samples)
+    assert (empirical - probabilities).abs().max() < 0.015
