@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from made_core.download import download_file
-from made_core.npz import read_npz_splits
+from made_core.npz import read_npz_splits, read_own_npz
 from made_core.registry import (
     DATA_DIR_ENV,
     DATASETS,
@@ -36,7 +36,7 @@ from made_core.synthetic import TrueDistribution, build_distribution, mean_nll_w
 
 # The registry's names, re-exported: made_core.data is where callers load data from.
 __all__ = ["DATA_DIR_ENV", "DATASETS", "SPLIT_NAMES", "DatasetError", "DatasetSpec", "Splits", "canonical_name",
-           "download_file", "get_spec", "load_dataset", "resolve_data_dir", "true_distribution"]  # fmt: skip
+           "download_file", "get_spec", "is_dataset_file", "load_dataset", "resolve_data_dir", "true_distribution"]  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +69,11 @@ class Splits:
         return getattr(self, split_name)
 
 
+def is_dataset_file(name: str) -> bool:
+    """Whether ``name`` names a file of one's own (a path ending in .npz) rather than the registry."""
+    return str(name).lower().endswith(".npz")
+
+
 def true_distribution(name: str) -> TrueDistribution:
     """The exact data distribution of a synthetic dataset; ``.log_prob(rows)`` scores any rows.
 
@@ -85,7 +90,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     """Load a dataset's train/valid/test splits, downloading its file if missing.
 
     Args:
-        name: dataset name or alias, case-insensitive (see :data:`DATASETS`).
+        name: dataset name or alias, case-insensitive (see :data:`DATASETS`), or the path
+            of a ``.npz`` file of one's own in the same layout (``train_data``,
+            ``valid_data``, ``test_data``: 0/1 rows of one width, any split sizes).
         data_dir: where files live; see :func:`resolve_data_dir`.
         download: fetch a missing file from the registry URL; when False a missing
             file is an error.
@@ -98,6 +105,13 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
         DatasetError: unknown name, missing file that cannot be downloaded, or a file
             that fails validation (the message names the file and the problem).
     """
+    if is_dataset_file(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise DatasetError(f"dataset file {path} does not exist")
+        own_spec, own_arrays = read_own_npz(path)
+        return Splits(own_spec.name, own_spec.input_dim, own_arrays["train"], own_arrays["valid"], own_arrays["test"],
+                      None, None, own_spec.description)  # fmt: skip
     spec = get_spec(name)
     if spec.synthetic is not None:
         return _generate_synthetic(spec)

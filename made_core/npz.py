@@ -36,6 +36,24 @@ def read_npz_splits(path: Path, spec: DatasetSpec) -> dict[str, np.ndarray]:
     return {split: _validated_split(path, spec, split, raw[f"{split}_data"]) for split in SPLIT_NAMES}
 
 
+def read_own_npz(path: Path) -> tuple[DatasetSpec, dict[str, np.ndarray]]:
+    """A user's own dataset file: the same layout and checks as a registry file, with the
+    dimension and split sizes taken from the file (every split 2-D, non-empty, of one width)."""
+    raw = read_npz_arrays(path, [f"{split}_data" for split in SPLIT_NAMES])
+    train = raw["train_data"]
+    if train.ndim != 2 or train.shape[1] < 2:
+        raise DatasetError(f"{path}: train_data has shape {train.shape}; expected a 2-D array of at least 2 columns")
+    sizes = {split: int(raw[f"{split}_data"].shape[0]) if raw[f"{split}_data"].ndim == 2 else -1 for split in SPLIT_NAMES}
+    for split, rows in sizes.items():
+        if rows == 0:
+            raise DatasetError(f"{path}: {split}_data has no rows")
+    spec = DatasetSpec(
+        name=path.stem, input_dim=int(train.shape[1]), train_size=sizes["train"], valid_size=sizes["valid"],
+        test_size=sizes["test"], filename=path.name, url=None, description=f"the dataset file {path}",
+    )  # fmt: skip
+    return spec, {split: _validated_split(path, spec, split, raw[f"{split}_data"]) for split in SPLIT_NAMES}
+
+
 def read_npz_arrays(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
     """Read the named arrays of an .npz archive without pickle, Python 2 files included.
 

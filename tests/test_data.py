@@ -707,3 +707,49 @@ def test_bayes_net_datasets_are_registered_deterministic_and_scored(name: str) -
     marginal = first.train.mean(axis=0).clip(1e-6, 1 - 1e-6)
     independent = -(first.test * np.log(marginal) + (1 - first.test) * np.log1p(-marginal)).sum(axis=1).mean()
     assert first.true_test_nll < 0.9 * independent
+
+
+# ----------------------------------------------------------------------------------
+# a dataset file of one's own
+# ----------------------------------------------------------------------------------
+
+
+def own_arrays(rows: tuple[int, int, int] = (30, 10, 12), dim: int = 6) -> dict[str, Any]:
+    rng = np.random.default_rng(1)
+    return {
+        f"{split}_data": (rng.random((n, dim)) < 0.4).astype(np.float32) for split, n in zip(("train", "valid", "test"), rows)
+    }
+
+
+def test_an_own_npz_file_loads_by_path_with_its_own_sizes(tmp_path: Path) -> None:
+    arrays = own_arrays()
+    path = write_npz(tmp_path / "my_votes.npz", **arrays)
+    splits = load_dataset(str(path))
+    assert splits.name == "my_votes" and splits.input_dim == 6
+    assert [len(splits.train), len(splits.valid), len(splits.test)] == [30, 10, 12]
+    np.testing.assert_array_equal(splits.test, arrays["test_data"])
+    assert splits.true_test_nll is None and str(path) in splits.description
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda a: a.update(valid_data=np.zeros((4, 7), np.float32)), "valid_data has 7 columns; expected 6"),
+        (lambda a: a.update(test_data=np.zeros(5, np.float32)), "test_data has shape (5,); expected a 2-D array"),
+        (lambda a: a.update(train_data=a["train_data"] * 3), "train_data has non-binary values"),
+        (lambda a: a.update(valid_data=np.zeros((0, 6), np.float32)), "valid_data has no rows"),
+        (lambda a: a.pop("test_data"), "missing key(s) test_data"),
+    ],
+)
+def test_a_bad_own_npz_file_is_refused_naming_the_problem(tmp_path: Path, change, message: str) -> None:
+    arrays = own_arrays()
+    change(arrays)
+    path = write_npz(tmp_path / "mine.npz", **arrays)
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(str(path))
+    assert message in str(raised.value) and str(path) in str(raised.value)
+
+
+def test_a_missing_own_npz_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(str(tmp_path / "nowhere.npz"))
