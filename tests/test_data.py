@@ -36,6 +36,7 @@ from made_core.data import (
 )
 from made_core.synthetic import (
     BayesNetRecipe,
+    BernoulliMixture,
     MixtureRecipe,
     build_bayes_net,
     build_mixture,
@@ -603,6 +604,7 @@ def test_synthetic_tiny_is_the_same_on_every_machine() -> None:
 def test_synthetic_tiny_true_nll_matches_brute_force() -> None:
     splits = load_dataset("synthetic-tiny")
     mixture = true_distribution("synthetic-tiny")
+    assert isinstance(mixture, BernoulliMixture)
     weights = np.exp(mixture.log_weights)
     everything = all_binary_vectors(splits.input_dim)
     assert brute_force_probability(weights, mixture.probs, everything).sum() == pytest.approx(1.0, abs=1e-12)
@@ -631,6 +633,7 @@ def test_samples_follow_the_true_distribution() -> None:
 def test_true_distribution_scores_any_rows_and_matches_the_reported_nll() -> None:
     splits = load_dataset("synthetic-mob")
     mixture = true_distribution("synthetic-mob")
+    assert isinstance(mixture, BernoulliMixture)
     assert (mixture.input_dim, mixture.num_components) == (32, 10)
     assert -mixture.log_prob(splits.test).mean() == pytest.approx(splits.true_test_nll, rel=1e-12)
     assert mixture.log_prob(splits.test[:1].astype(np.int64)).shape == (1,)
