@@ -26,6 +26,7 @@ TRIALS_FILE = "trials.csv"
 CURVES_FILE = "curves.csv"
 BEST_FILE = "best.json"
 STUDY_FILE = "study.db"
+BEST_MODEL_FOLDER = "best_model"  # the best trial's model (made_core.save_model), written beside best.json
 
 EXPERIMENT_KEYS = (
     "experiment",  # folder name

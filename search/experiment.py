@@ -23,11 +23,10 @@ from made_core.hyperparameters import capped_ensemble_size
 from made_core.model import save_model
 from made_core.train import choose_test_masks, load_best_model
 from results import schema
-from results.atomic import atomic_write_csv, atomic_write_text
+from results.storage import atomic_write_csv, atomic_write_text
 from results.tables import order_hyperparameters
 from search.trainable import OBJECTIVE
 
-BEST_MODEL_FOLDER = "best_model"
 
 
 def utc_now() -> str:
@@ -66,7 +65,7 @@ class TrialRecord:
         return float(value) if value is not None else math.nan
 
 
-def read_trials(experiment_path: str | Path) -> list[TrialRecord]:
+def read_ray_trials(experiment_path: str | Path) -> list[TrialRecord]:
     """Every trial of the experiment, from Ray's own files (works without Ray running).
 
     ``experiment_path`` is a local folder or a URI (``s3://bucket/prefix/<name>``, query
@@ -191,7 +190,7 @@ def evaluate_best(
     requested = None if test_masks is None else capped_ensemble_size(test_masks, model.num_masks)
     ensemble = choose_test_masks(model, valid_data, requested)
     test = evaluate_nll(model, test_data, n_masks=ensemble.masks)
-    model_folder = experiment_path / BEST_MODEL_FOLDER
+    model_folder = experiment_path / schema.BEST_MODEL_FOLDER
     save_model(model, model_folder)
     summary = {
         "dataset": dataset,

@@ -23,6 +23,7 @@ from ray import tune
 from made_core.files import CheckpointError
 from made_core.hyperparameters import capped_ensemble_size
 from made_core.train import Trainer, TrainConfig
+from results.storage import subfolders
 
 # A running minimum: Optuna records a trial that ASHA stopped with its last reported value,
 # which must be its best.
@@ -126,20 +127,18 @@ def restore_trainer(checkpoint: tune.Checkpoint, train_data: np.ndarray, valid_d
 
 def older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     """The trial's checkpoints older than ``checkpoint``, newest first (on its own filesystem)."""
-    import pyarrow.fs
-
     name = PurePosixPath(checkpoint.path)
     current = _CHECKPOINT_NAME.fullmatch(name.name)
     if current is None:
         return []
     try:
-        siblings = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(str(name.parent)))
+        siblings = subfolders(checkpoint.filesystem, str(name.parent))
     except OSError:
         return []
     older = []
     for info in siblings:
-        match = _CHECKPOINT_NAME.fullmatch(PurePosixPath(info.path).name)
-        if info.type == pyarrow.fs.FileType.Directory and match and int(match[1]) < int(current[1]):
+        match = _CHECKPOINT_NAME.fullmatch(info.base_name)
+        if match and int(match[1]) < int(current[1]):
             older.append((int(match[1]), info.path))
     return [tune.Checkpoint(path, filesystem=checkpoint.filesystem) for _, path in sorted(older, reverse=True)]
 

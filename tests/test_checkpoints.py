@@ -23,7 +23,7 @@ from made_core.data import load_dataset
 from made_core.files import CheckpointError, atomic_write
 from made_core.model import load_model, save_model
 from made_core.train import CHECKPOINT_FILE, Trainer, TrainConfig, load_best_model, main
-from results.atomic import atomic_write_csv
+from results.storage import atomic_write_csv
 from search.trainable import older_checkpoints, restore_trainer
 
 
