@@ -34,8 +34,7 @@ from results.storage import StorageError, as_local_path, fetch_experiments, is_u
 
 logger = logging.getLogger("results")
 
-# trials.csv columns read as numbers; unparsable cells become NaN rather than strings.
-_NUMERIC_TRIAL_COLUMNS = ("trial_number", "epochs", "best_valid_nll", "final_train_nll", "wall_seconds", "num_failures")
+# What a usable curves.csv and best.json must hold at least (older files lack the rest).
 _REQUIRED_CURVE_COLUMNS = ("trial_id", "epoch", "valid_nll")
 _REQUIRED_BEST_KEYS = ("trial_id", "config", "valid_nll", "test_nll")
 # Ray Tune prefixes config columns this way in its own tables; accept either spelling.
@@ -131,7 +130,7 @@ def read_trials_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
     )
     if frame.columns.duplicated().any():
         raise ExperimentError(f"{path.name} has duplicate columns")
-    for column in _NUMERIC_TRIAL_COLUMNS:
+    for column in schema.TRIAL_NUMERIC_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     hyperparameters = [column for column in frame.columns if column not in schema.TRIAL_COLUMNS]
     return frame, hyperparameters

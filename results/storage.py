@@ -435,7 +435,8 @@ def fetch_experiments(uri: str, target: Path) -> Path:
                 continue
             wanted = [f"{entry.path}/{name}" for name in _FETCHED_FILES]
             for folder in _FETCHED_FOLDERS:
-                wanted += [item.path for item in list_folder(fs, f"{entry.path}/{folder}", recursive=True) if item.type == pyarrow.fs.FileType.File]
+                inside = list_folder(fs, f"{entry.path}/{folder}", recursive=True)
+                wanted += [item.path for item in inside if item.type == pyarrow.fs.FileType.File]
             for info in fs.get_file_info(wanted):
                 if info.type != pyarrow.fs.FileType.File:
                     continue  # e.g. no best.json yet

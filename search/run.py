@@ -340,13 +340,16 @@ def _utc_iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
-def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: float, data: Any, run: dict[str, Any]) -> dict[str, Any]:
-    """experiment.json's fields (keys: results.schema). ``started`` is this run's ``time.time()`` at
+def experiment_info(
+    plan: Any, previous: dict[str, Any], status: str, started: float, data: Any, run: dict[str, Any], num_trials: int | None = None
+) -> schema.ExperimentInfo:
+    """experiment.json's fields (``results.schema.ExperimentInfo``). ``started`` is this run's ``time.time()`` at
     its start: the sweep's start unless it resumes an earlier one, whose ``started_at`` is kept.
-    ``run`` holds this run's command, resolved settings and provenance."""
+    ``run`` holds this run's command, resolved settings and provenance. ``num_trials``, once the
+    sweep has ended: how many trials it ran."""
     wall = float(previous.get("wall_seconds", 0.0)) + (time.time() - started)
     this_command = run["command"]
-    info = {
+    info: schema.ExperimentInfo = {
         "experiment": plan.name,
         "dataset": plan.dataset,
         "space": plan.space_source,
@@ -368,6 +371,10 @@ def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: 
         "space_data": plan.space.to_data(),
         "provenance": run["provenance"],
     }
+    if num_trials is not None:
+        info["num_trials"] = num_trials
+        # The time budget can end a sweep before every trial ran; the sweep still reports.
+        info["stopped_by_time_budget"] = status == "finished" and num_trials < plan.num_samples
     if data.true_test_nll is not None:
         info["true_test_nll"] = data.true_test_nll
     if data.description:
@@ -436,7 +443,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
             )
     experiment_path.mkdir(parents=True, exist_ok=True)
     marker = experiment_path / schema.EXPERIMENT_FILE
-    write_json(marker, _experiment_info(plan, previous, "running", started, data, run))
+    write_json(marker, experiment_info(plan, previous, "running", started, data, run))
     folder.publish(schema.EXPERIMENT_FILE)
     trainable = make_trainable(plan, data.train, data.valid)
     progress = ProgressPrinter(plan.num_samples)
@@ -462,11 +469,8 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     records = read_ray_trials(folder.location)
     write_trial_files(experiment_path, records)
     completed = sum(1 for r in records if r.status == "TERMINATED")
-    info = _experiment_info(plan, previous, status, started, data, run)
-    info["num_trials"] = len(records)
-    # The time budget can end a sweep before every trial ran; the sweep still reports.
-    info["stopped_by_time_budget"] = status == "finished" and len(records) < plan.num_samples
-    extra = {"true_test_nll": data.true_test_nll} if data.true_test_nll is not None else {}
+    info = experiment_info(plan, previous, status, started, data, run, num_trials=len(records))
+    extra: schema.BestOptional = {"true_test_nll": data.true_test_nll} if data.true_test_nll is not None else {}
     model_location = None
     if folder.is_uri:
         # best.json names the model relative to its experiment folder (valid after a download

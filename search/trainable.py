@@ -1,6 +1,6 @@
 """The Ray Tune trainable: a plain function that trains one MADE with made_core, epoch by epoch.
 
-Every epoch it reports the metrics below and a checkpoint (made_core's trainer state,
+Every epoch it reports ``results.schema.TrialMetrics`` and a checkpoint (made_core's trainer state,
 which also holds the best weights so far), so ASHA pauses, node failures and driver
 restarts continue from the last epoch. Data arrives through ``tune.with_parameters``:
 the driver puts it in Ray's object store once, trials never read the disk.
@@ -23,11 +23,9 @@ from ray import tune
 from made_core.files import CheckpointError
 from made_core.hyperparameters import capped_ensemble_size
 from made_core.train import Trainer, TrainConfig
+from results.schema import TrialMetrics
 from results.storage import subfolders
 
-# A running minimum: Optuna records a trial that ASHA stopped with its last reported value,
-# which must be its best.
-OBJECTIVE = "best_valid_nll"
 # How Ray Tune names a trial's checkpoint folders (StorageContext._make_checkpoint_dir_name).
 _CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 
@@ -55,7 +53,7 @@ def trial_device() -> str:
 
 
 def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.ndarray, settings: TrialSettings) -> None:
-    """Train one configuration; reports ``best_valid_nll`` (the objective) every epoch."""
+    """Train one configuration; reports its TrialMetrics (OBJECTIVE: ``best_valid_nll``) every epoch."""
     import logging
 
     import ray
@@ -87,18 +85,18 @@ def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.nd
                 f"training diverged at epoch {result.epoch} (non-finite loss) with {config}; "
                 f"best valid NLL before that: {result.best_valid_nll}"
             )
-        metrics = {
-            OBJECTIVE: result.best_valid_nll,
-            "valid_nll": result.valid_nll,
-            "train_nll": result.train_nll,
-            "epoch": result.epoch,
-            "epoch_seconds": result.epoch_seconds,
-            "examples_per_second": result.examples_per_second,
-            "stopped_early": result.status == "early_stopped",
-            "node_ip": node_ip,
-            "pid": os.getpid(),  # which process on the node trains this trial
-            "device": device,
-        }
+        metrics = TrialMetrics(
+            best_valid_nll=result.best_valid_nll,
+            valid_nll=result.valid_nll,
+            train_nll=result.train_nll,
+            epoch=result.epoch,
+            epoch_seconds=result.epoch_seconds,
+            examples_per_second=result.examples_per_second,
+            stopped_early=result.status == "early_stopped",
+            node_ip=node_ip,
+            pid=os.getpid(),
+            device=device,
+        )
         if result.done or result.epoch % settings.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as folder:
                 trainer.save_checkpoint(folder)
