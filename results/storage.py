@@ -146,9 +146,9 @@ def check_writable(storage: str) -> None:
         path = as_local_path(storage)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".made-search-write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
+            probe_file = path / f".made-search-write-test-{os.getpid()}"
+            probe_file.write_text("")
+            probe_file.unlink()
         except OSError as error:
             raise StorageError(f"--storage {storage} is not a writable folder: {error.strerror or error}") from None
         return
@@ -459,7 +459,11 @@ def remove_stale_staging(folder: Path) -> bool:
 
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (``made_core.files.atomic_write``)."""
-    return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+    def write(temp: Path) -> None:
+        temp.write_text(text, encoding="utf-8")
+
+    return atomic_write(path, write)
 
 
 def atomic_write_csv(path: Path, frame: pd.DataFrame) -> Path:
