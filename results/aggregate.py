@@ -56,7 +56,7 @@ import pandas as pd
 from made_core.cli import DefaultsHelpFormatter
 from results import schema
 from made_core.files import atomic_write_all
-from results.atomic import exclusive_lock
+from results.storage import exclusive_lock
 from results.experiments import Experiment, Skipped, local_storages, scan_storages
 from results.paper import paper_made_nll, paper_mask_sampling_nll
 from results.tables import (

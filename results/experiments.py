@@ -19,8 +19,6 @@ import io
 import json
 import logging
 import math
-import os
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,11 +30,11 @@ import pandas as pd
 
 from results import schema
 from results.paper import canonical_dataset
+from results.storage import StorageError, as_local_path, fetch_experiments, is_uri
 
 logger = logging.getLogger("results")
 
-# trials.csv columns read as numbers; unparsable cells become NaN rather than strings.
-_NUMERIC_TRIAL_COLUMNS = ("trial_number", "epochs", "best_valid_nll", "final_train_nll", "wall_seconds", "num_failures")
+# What a usable curves.csv and best.json must hold at least (older files lack the rest).
 _REQUIRED_CURVE_COLUMNS = ("trial_id", "epoch", "valid_nll")
 _REQUIRED_BEST_KEYS = ("trial_id", "config", "valid_nll", "test_nll")
 # Ray Tune prefixes config columns this way in its own tables; accept either spelling.
@@ -124,7 +122,7 @@ def _finite_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def read_trials(path: Path) -> tuple[pd.DataFrame, list[str]]:
+def read_trials_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """trials.csv as (frame, hyperparameter column names); raises ExperimentError."""
     frame = _read_csv(path, schema.TRIAL_COLUMNS)
     frame = frame.rename(
@@ -132,7 +130,7 @@ def read_trials(path: Path) -> tuple[pd.DataFrame, list[str]]:
     )
     if frame.columns.duplicated().any():
         raise ExperimentError(f"{path.name} has duplicate columns")
-    for column in _NUMERIC_TRIAL_COLUMNS:
+    for column in schema.TRIAL_NUMERIC_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     hyperparameters = [column for column in frame.columns if column not in schema.TRIAL_COLUMNS]
     return frame, hyperparameters
@@ -176,7 +174,7 @@ def read_experiment(path: Path) -> Experiment:
     trials_file = path / schema.TRIALS_FILE
     if not trials_file.is_file():
         raise ExperimentError(f"no {schema.TRIALS_FILE}")
-    trials, hyperparameters = read_trials(trials_file)
+    trials, hyperparameters = read_trials_csv(trials_file)
 
     best_file = path / schema.BEST_FILE
     best = read_best(best_file) if best_file.exists() else None
@@ -244,59 +242,6 @@ def scan_storages(storages: list[Path]) -> tuple[list[Experiment], list[Skipped]
     return experiments, skipped
 
 
-# -- URI storages (s3://, gs://, ...) ------------------------------------------------------
-# The files of an experiment folder that aggregation reads, and the best model's folder
-# (samples figure).
-_FETCHED_FILES = (schema.EXPERIMENT_FILE, schema.TRIALS_FILE, schema.CURVES_FILE, schema.BEST_FILE)
-_FETCHED_FOLDERS = ("best_model",)
-
-
-def is_uri(storage: str | Path) -> bool:
-    """True for ``s3://...``, ``gs://...`` (any scheme but ``file`` and a drive letter)."""
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://", str(storage).strip())
-    return match is not None and len(match.group(1)) > 1 and match.group(1).lower() != "file"
-
-
-def fetch_uri_storage(uri: str, target: Path) -> Path:
-    """Copy every experiment folder's result files under ``uri`` into ``target/<name>/``.
-
-    Reads through ``pyarrow.fs`` (as Ray does), so pyarrow's query parameters work, e.g.
-    ``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``; credentials come from
-    the usual environment (AWS_* variables, profiles, instance roles). Only the files
-    aggregation reads are fetched, not Ray's checkpoints. Raises ExperimentError (one line)
-    if the storage cannot be listed.
-    """
-    from urllib.parse import urlsplit, urlunsplit
-
-    import pyarrow.fs
-
-    split = urlsplit(uri.strip())
-    uri = urlunsplit((split.scheme, split.netloc, split.path.rstrip("/"), split.query, ""))
-    try:
-        fs, root = pyarrow.fs.FileSystem.from_uri(uri)
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-        target.mkdir(parents=True, exist_ok=True)
-        for entry in entries:
-            if entry.type != pyarrow.fs.FileType.Directory or entry.base_name.startswith("."):
-                continue
-            wanted = [f"{entry.path}/{name}" for name in _FETCHED_FILES]
-            for folder in _FETCHED_FOLDERS:
-                selector = pyarrow.fs.FileSelector(f"{entry.path}/{folder}", recursive=True, allow_not_found=True)
-                wanted += [item.path for item in fs.get_file_info(selector) if item.type == pyarrow.fs.FileType.File]
-            for info in fs.get_file_info(wanted):
-                if info.type != pyarrow.fs.FileType.File:
-                    continue  # e.g. no best.json yet
-                local = target / entry.base_name / info.path[len(entry.path) + 1 :]
-                local.parent.mkdir(parents=True, exist_ok=True)
-                with fs.open_input_stream(info.path, compression=None) as stream:
-                    local.write_bytes(stream.read())
-                if info.mtime is not None:  # keep the remote time: the samples figure is redrawn only for a newer model
-                    os.utime(local, (info.mtime.timestamp(), info.mtime.timestamp()))
-    except Exception as error:  # ArrowInvalid, OSError: whatever the filesystem raises
-        raise ExperimentError(" ".join(str(error).split())[:300]) from None
-    return target
-
-
 @contextmanager
 def local_storages(storages: list[str | Path]) -> Iterator[list[Path]]:
     """The storages as local folders: URIs are fetched into a temporary folder for the block.
@@ -308,11 +253,11 @@ def local_storages(storages: list[str | Path]) -> Iterator[list[Path]]:
         local: list[Path] = []
         for number, storage in enumerate(storages):
             if not is_uri(storage):
-                local.append(Path(str(storage).removeprefix("file://")))
+                local.append(as_local_path(storage))
                 continue
             try:
-                local.append(fetch_uri_storage(str(storage), Path(temp) / str(number)))
+                local.append(fetch_experiments(str(storage), Path(temp) / str(number)))
                 logger.info("read storage %s (copied to %s)", storage, local[-1])
-            except ExperimentError as error:
+            except StorageError as error:
                 logger.warning("cannot read storage %s: %s; nothing read from it", storage, error)
         yield local

@@ -11,7 +11,7 @@
   "Mask sampling" (num_masks = 0, a fresh mask every minibatch) is drawn right of the
   largest mask count.
 
-Every figure is written atomically (``results.atomic``).
+Every figure is written atomically (``made_core.files.atomic_write``).
 """
 
 from __future__ import annotations

@@ -6,68 +6,184 @@ names and columns, `results.aggregate` reads them and writes the tables.
 An experiment folder is ``<storage>/<experiment name>/``. Besides Ray Tune's own
 files it holds:
 
-- ``experiment.json`` (EXPERIMENT_FILE): one JSON object with the keys of
-  EXPERIMENT_KEYS. ``status`` is "running" while the sweep runs, then
-  "finished" (or "interrupted" / "failed").
-- ``trials.csv`` (TRIALS_FILE): one row per trial, TRIAL_COLUMNS then one column
-  per hyperparameter (the keys of the trial's config).
-- ``curves.csv`` (CURVES_FILE): one row per (trial, epoch), CURVE_COLUMNS.
+- ``experiment.json`` (EXPERIMENT_FILE): one JSON object, ``ExperimentInfo``: the keys of
+  EXPERIMENT_KEYS, then EXPERIMENT_RUN_KEYS and EXPERIMENT_OPTIONAL_KEYS where they apply.
+  ``status`` is "running" while the sweep runs, then "finished" (or "interrupted" / "failed").
+- the per-epoch trial metrics (Ray Tune's own result files): ``TrialMetrics``, TRIAL_METRICS.
+- ``trials.csv`` (TRIALS_FILE): one row per trial, ``TrialRow`` (TRIAL_COLUMNS) then one
+  column per hyperparameter (the keys of the trial's config).
+- ``curves.csv`` (CURVES_FILE): one row per (trial, epoch), ``CurveRow`` (CURVE_COLUMNS).
 - ``best.json`` (BEST_FILE): the best trial by validation NLL, evaluated once on
-  the test set; keys of BEST_KEYS. ``config`` is the trial's hyperparameters;
-  ``checkpoint_path`` is a folder holding ``model.pt`` that
+  the test set, ``BestTrial``: keys of BEST_KEYS, then BEST_OPTIONAL_KEYS. ``config`` is the
+  trial's hyperparameters; ``checkpoint_path`` is a folder holding ``model.pt`` that
   ``made_core.load_model`` reads.
+- ``best_model/`` (BEST_MODEL_FOLDER): that folder.
 - ``study.db``: the Optuna study (SQLite) unless another URL was given.
+
+The key and column tuples are derived from the types, so a key is declared once. Readers
+must cope with any key beyond the required ones missing: older experiments lack them.
 """
 
 from __future__ import annotations
+
+from typing import Any, Literal, TypedDict, get_type_hints
 
 EXPERIMENT_FILE = "experiment.json"
 TRIALS_FILE = "trials.csv"
 CURVES_FILE = "curves.csv"
 BEST_FILE = "best.json"
 STUDY_FILE = "study.db"
+BEST_MODEL_FOLDER = "best_model"  # the best trial's model (made_core.save_model), written beside best.json
 
-EXPERIMENT_KEYS = (
-    "experiment",  # folder name
-    "dataset",  # canonical dataset name (made_core.data)
-    "space",  # search space name or path
-    "seed",
-    "num_samples",
-    "max_epochs",
-    "status",  # running | finished | interrupted | failed
-    "started_at",  # ISO 8601 UTC
-    "finished_at",  # ISO 8601 UTC or null
-    "wall_seconds",  # driver wall time of the sweep (summed over resumes)
-    "num_trials",
-    "command",  # the command line that ran it
-)
 
-TRIAL_COLUMNS = (
-    "trial_id",
-    "trial_number",  # 1, 2, ... in the order the search created the trials (Ray ids are random)
-    "status",  # TERMINATED | ERROR | ... as Ray reports it
-    "epochs",  # epochs trained
-    "best_valid_nll",  # nats per example, the minimum over epochs
-    "final_train_nll",
-    "wall_seconds",
-    "node_ip",  # the node the trial last ran on
-    "num_failures",  # how many times it was restarted from a checkpoint
-)
+class ExperimentCore(TypedDict):
+    """The keys every experiment.json has (EXPERIMENT_KEYS)."""
 
-CURVE_COLUMNS = ("trial_id", "epoch", "train_nll", "valid_nll", "best_valid_nll", "epoch_seconds")
+    experiment: str  # folder name
+    dataset: str  # canonical dataset name (made_core.data)
+    space: str  # search space name or path
+    seed: int
+    num_samples: int
+    max_epochs: int
+    status: str  # running | finished | interrupted | failed
+    started_at: str  # ISO 8601 UTC
+    finished_at: str | None  # ISO 8601 UTC or null
+    wall_seconds: float  # driver wall time of the sweep (summed over resumes)
+    num_trials: int
+    command: str  # the command line that ran it
 
-BEST_KEYS = (
-    "dataset",
-    "experiment",
-    "trial_id",
-    "config",  # dict: hyperparameter -> value
-    "valid_nll",  # validation NLL with the test-time ensemble (test_masks); the sweep's own is sweep_valid_nll
-    "test_nll",
-    "test_nll_stderr",
-    "test_masks",  # masks in the test-time ensemble
-    "checkpoint_path",
-    "finished_at",
-)
+
+class Provenance(TypedDict):
+    """experiment.json's ``provenance``: where and with what the sweep ran (PROVENANCE_KEYS)."""
+
+    python: str  # version
+    python_executable: str
+    packages: dict[str, str | None]  # {"made-search": version, "torch": ..., "ray": ..., "optuna": ..., "numpy": ...}
+    git_commit: str | None  # the project's commit when run from a git checkout, else null
+    git_dirty: bool | None  # tracked files differed from that commit (null outside a checkout)
+    host: str
+    platform: str
+    cpu: str  # CPU model
+    gpus: list[str]  # CUDA device names, [] without CUDA
+
+
+class ExperimentRun(TypedDict, total=False):
+    """Keys search.run writes into every experiment.json beyond EXPERIMENT_KEYS
+    (EXPERIMENT_RUN_KEYS; experiments written by older versions may lack any of them)."""
+
+    optuna_storage: str  # SQLAlchemy URL of the Optuna study; --resume reads it back
+    study_name: str  # the Optuna study's name in it (experiments may share one)
+    resumes: int  # how many times --resume continued the sweep
+    resume_commands: list[str]  # the command of each resume
+    stopped_by_time_budget: bool  # written when the sweep ends
+    settings: dict[str, Any]  # every setting of the sweep as resolved (flags, --config file, defaults), by flag name
+    space_data: dict[str, Any]  # the search space as data (spaces.SearchSpace.to_data): what --resume uses
+    provenance: Provenance
+
+
+class ExperimentOptional(TypedDict, total=False):
+    """Keys an experiment.json carries only where they apply (EXPERIMENT_OPTIONAL_KEYS)."""
+
+    data_note: str  # free text copied into the best table's `note` column
+    true_test_nll: float  # synthetic datasets: exact test NLL of the generating distribution
+
+
+class ExperimentInfo(ExperimentCore, ExperimentRun, ExperimentOptional):
+    """experiment.json as a whole."""
+
+
+EXPERIMENT_KEYS = tuple(ExperimentCore.__annotations__)
+EXPERIMENT_RUN_KEYS = tuple(ExperimentRun.__annotations__)
+EXPERIMENT_OPTIONAL_KEYS = tuple(ExperimentOptional.__annotations__)
+PROVENANCE_KEYS = tuple(Provenance.__annotations__)
+
+# A running minimum: Optuna records a trial that ASHA stopped with its last reported value,
+# which must therefore be its best.
+OBJECTIVE: Literal["best_valid_nll"] = "best_valid_nll"
+
+
+class TrialMetrics(TypedDict):
+    """What a trial reports to Ray Tune every epoch (search.trainable builds it; Ray stores it
+    in the trial's result files; search.experiment reads it back into trials.csv and curves.csv)."""
+
+    best_valid_nll: float  # OBJECTIVE: the minimum validation NLL so far
+    valid_nll: float  # this epoch's validation NLL (nats per example)
+    train_nll: float
+    epoch: int  # 1, 2, ...: ASHA's time attribute
+    epoch_seconds: float
+    examples_per_second: float
+    stopped_early: bool  # early stopping (patience) ended the trial
+    node_ip: str  # the node the trial runs on
+    pid: int  # which process on the node trains this trial
+    device: str  # cpu | cuda
+
+
+TRIAL_METRICS = tuple(TrialMetrics.__annotations__)
+
+
+class TrialRow(TypedDict):
+    """One row of trials.csv before its hyperparameter columns (TRIAL_COLUMNS)."""
+
+    trial_id: str
+    trial_number: int  # 1, 2, ... in the order the search created the trials (Ray ids are random)
+    status: str  # TERMINATED | ERROR | ... as Ray reports it
+    epochs: int  # epochs trained: the last TrialMetrics epoch
+    best_valid_nll: float  # nats per example, the minimum over epochs: the last OBJECTIVE
+    final_train_nll: float  # the last TrialMetrics train_nll
+    wall_seconds: float  # Ray's time_total_s
+    node_ip: str  # the node the trial last ran on
+    num_failures: int  # how many times it was restarted from a checkpoint
+
+
+class CurveRow(TypedDict):
+    """One row of curves.csv: a trial's TrialMetrics of one epoch (CURVE_COLUMNS)."""
+
+    trial_id: str
+    epoch: int
+    train_nll: float
+    valid_nll: float
+    best_valid_nll: float
+    epoch_seconds: float
+
+
+TRIAL_COLUMNS = tuple(TrialRow.__annotations__)
+# trials.csv's numeric columns: read as numbers, an unparsable cell becomes NaN.
+TRIAL_NUMERIC_COLUMNS = tuple(name for name, kind in get_type_hints(TrialRow).items() if kind in (int, float))
+CURVE_COLUMNS = tuple(CurveRow.__annotations__)
+# The TrialMetrics curves.csv keeps, under their own names.
+CURVE_METRICS = tuple(name for name in CURVE_COLUMNS if name != "trial_id")
+
+
+class BestCore(TypedDict):
+    """The keys every best.json has (BEST_KEYS)."""
+
+    dataset: str
+    experiment: str
+    trial_id: str
+    config: dict[str, Any]  # hyperparameter -> value
+    valid_nll: float  # validation NLL with the test-time ensemble (test_masks); the sweep's own is sweep_valid_nll
+    test_nll: float
+    test_nll_stderr: float
+    test_masks: int  # masks in the test-time ensemble
+    checkpoint_path: str  # the BEST_MODEL_FOLDER: absolute, or relative to the experiment folder (URI storage)
+    finished_at: str
+
+
+class BestOptional(TypedDict, total=False):
+    """Keys a best.json may carry beyond BEST_KEYS (BEST_OPTIONAL_KEYS; it wins over experiment.json)."""
+
+    true_test_nll: float
+    sweep_valid_nll: float  # the best trial's best_valid_nll (the sweep objective, a smaller ensemble)
+    valid_nll_by_test_masks: dict[str, float]  # {"32": nll, ...}: the ensemble sizes test_masks was chosen from
+    checkpoint_uri: str  # URI storage: the BEST_MODEL_FOLDER's URI
+
+
+class BestTrial(BestCore, BestOptional):
+    """best.json as a whole."""
+
+
+BEST_KEYS = tuple(BestCore.__annotations__)
+BEST_OPTIONAL_KEYS = tuple(BestOptional.__annotations__)
 
 # Aggregated tables under results/tables/.
 BEST_TABLE = "best_test_nll.csv"
@@ -92,8 +208,6 @@ BEST_TABLE_COLUMNS = (
     "sweep_num_trials",
 )
 
-# --- Added for results.aggregate (additions only; the names above are unchanged) ---
-
 # Where the winning configuration's hyperparameter columns go in BEST_TABLE_COLUMNS:
 # right after this column.
 BEST_TABLE_HYPERPARAMETERS_AFTER = "delta_vs_mask_sampling"
@@ -107,49 +221,12 @@ BEST_TABLE_EXTRA_COLUMNS = (
     "test_masks",  # best.json's test_masks: the size of the ensemble test_nll and valid_nll used
     "true_test_nll",  # synthetic data: the exact NLL of the true distribution on the test set
     "delta_vs_true",  # test_nll - true_test_nll (>= 0 up to noise)
-    "note",  # EXPERIMENT_OPTIONAL_KEYS["data_note"], e.g. "stand-in binarization of MNIST"
+    "note",  # experiment.json's data_note, e.g. "stand-in binarization of MNIST"
     COMMIT_COLUMN,
-)
-
-# Optional keys an experiment.json may carry beyond EXPERIMENT_KEYS.
-EXPERIMENT_OPTIONAL_KEYS = (
-    "data_note",  # free text copied into the best table's `note` column
-    "true_test_nll",  # synthetic datasets: exact test NLL of the generating distribution
-)
-
-# Keys search.run writes into every experiment.json beyond EXPERIMENT_KEYS (experiments
-# written by older versions may lack any of them; readers must cope).
-EXPERIMENT_RUN_KEYS = (
-    "optuna_storage",  # SQLAlchemy URL of the Optuna study
-    "study_name",  # the Optuna study's name in it (experiments may share one)
-    "resumes",  # how many times --resume continued the sweep
-    "resume_commands",  # the command of each resume
-    "stopped_by_time_budget",
-    "settings",  # every setting of the sweep as resolved (flags, --config file, defaults), by flag name
-    "space_data",  # the search space as data (spaces.SearchSpace.to_data): what --resume uses
-    "provenance",  # PROVENANCE_KEYS: where and with what the sweep ran
-)
-PROVENANCE_KEYS = (
-    "python",  # version
-    "python_executable",
-    "packages",  # {"made-search": version, "torch": ..., "ray": ..., "optuna": ..., "numpy": ...}
-    "git_commit",  # the project's commit when run from a git checkout, else null
-    "git_dirty",  # tracked files differed from that commit (null outside a checkout)
-    "host",
-    "platform",
-    "cpu",  # CPU model
-    "gpus",  # CUDA device names, [] without CUDA
 )
 
 # Folders of a storage that hold the sweeps' aggregated tables and figures, not experiments.
 STORAGE_OUTPUT_FOLDERS = ("tables", "figures")
-
-# Optional keys a best.json may carry beyond BEST_KEYS (it wins over experiment.json).
-BEST_OPTIONAL_KEYS = (
-    "true_test_nll",
-    "sweep_valid_nll",  # the best trial's best_valid_nll (the sweep objective, a smaller ensemble)
-    "valid_nll_by_test_masks",  # {"32": nll, ...}: the ensemble sizes test_masks was chosen from
-)
 
 # trials.csv under results/tables/: these, then TRIAL_COLUMNS, then ALL_TRIALS_TEST_COLUMN,
 # then COMMIT_COLUMN (absent from tables written before it existed), then one column per

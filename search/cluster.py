@@ -8,9 +8,7 @@ shared filesystem mounted at the same path on every node).
 
 from __future__ import annotations
 
-import re
-
-_URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+from results.storage import is_uri
 
 
 def count_alive_nodes() -> int:
@@ -21,24 +19,13 @@ def count_alive_nodes() -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
-def is_local_path(storage: str) -> bool:
-    """True for a filesystem path (``/x``, ``runs``, ``~/x``, ``C:\\x``) or a
-    ``file://`` URI; False for a URI with any other scheme (``s3://``, ``gs://``, ...)."""
-    match = _URI_SCHEME.match(storage.strip())
-    if match is None:
-        return True
-    scheme = match.group(1).lower()
-    # A one-letter "scheme" is a Windows drive letter (C://x), not a URI.
-    return scheme == "file" or len(scheme) == 1
-
-
 def check_storage_for_cluster(storage: str, storage_is_shared: bool, num_nodes: int) -> None:
     """Refuse a local --storage on a multi-node cluster unless declared shared.
 
     Raises ValueError when ``num_nodes > 1``, ``storage`` is a local path and
     ``storage_is_shared`` (the CLI's ``--shared-storage``) is False.
     """
-    if num_nodes <= 1 or storage_is_shared or not is_local_path(storage):
+    if num_nodes <= 1 or storage_is_shared or is_uri(storage):
         return
     raise ValueError(
         f"--storage {storage} is a local path but the cluster has {num_nodes} nodes: "

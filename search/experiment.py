@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,23 +25,21 @@ from made_core.model import save_model
 from made_core.ensembles import choose_test_masks
 from made_core.train import load_best_model
 from results import schema
-from results.atomic import atomic_write_csv, atomic_write_text
+from results.schema import OBJECTIVE
+from results.storage import atomic_write_csv, atomic_write_text
 from results.tables import order_hyperparameters
-from search.trainable import OBJECTIVE
 
-BEST_MODEL_FOLDER = "best_model"
+# Ray Tune's own key in every result: the trial's total training time in seconds.
+RAY_TIME_TOTAL = "time_total_s"
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """One of the experiment's JSON files (experiment.json, best.json), written atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class TrialRecord:
         return float(value) if value is not None else math.nan
 
 
-def read_trials(experiment_path: str | Path) -> list[TrialRecord]:
+def read_ray_trials(experiment_path: str | Path) -> list[TrialRecord]:
     """Every trial of the experiment, from Ray's own files (works without Ray running).
 
     ``experiment_path`` is a local folder or a URI (``s3://bucket/prefix/<name>``, query
@@ -103,28 +102,28 @@ def hyperparameter_columns(records: list[TrialRecord]) -> list[str]:
 
 
 def trials_table(records: list[TrialRecord]) -> pd.DataFrame:
+    """trials.csv: one TrialRow per trial (from its last TrialMetrics report), then its hyperparameters."""
     columns = [*schema.TRIAL_COLUMNS, *hyperparameter_columns(records)]
     rows = []
     for number, record in enumerate(records, start=1):
         result = record.last_result
-        rows.append(
-            {
-                "trial_id": record.trial_id,
-                "trial_number": number,
-                "status": record.status,
-                "epochs": result.get("epoch", 0),
-                "best_valid_nll": record.best_valid_nll,
-                "final_train_nll": result.get("train_nll", math.nan),
-                "wall_seconds": result.get("time_total_s", math.nan),
-                "node_ip": result.get("node_ip", ""),
-                "num_failures": record.num_failures,
-                **record.config,
-            }
+        row = schema.TrialRow(
+            trial_id=record.trial_id,
+            trial_number=number,
+            status=record.status,
+            epochs=result.get("epoch", 0),
+            best_valid_nll=record.best_valid_nll,
+            final_train_nll=result.get("train_nll", math.nan),
+            wall_seconds=result.get(RAY_TIME_TOTAL, math.nan),
+            node_ip=result.get("node_ip", ""),
+            num_failures=record.num_failures,
         )
+        rows.append({**row, **record.config})
     return pd.DataFrame(rows, columns=columns)
 
 
 def curves_table(records: list[TrialRecord]) -> pd.DataFrame:
+    """curves.csv: one CurveRow per (trial, epoch), from the trial's TrialMetrics history."""
     frames = []
     for record in records:
         history = record.history
@@ -132,18 +131,10 @@ def curves_table(records: list[TrialRecord]) -> pd.DataFrame:
             continue
         # A trial restored from a checkpoint reports some epochs twice; keep the last report.
         history = history.drop_duplicates(subset="epoch", keep="last")
-        frames.append(
-            pd.DataFrame(
-                {
-                    "trial_id": record.trial_id,
-                    "epoch": history["epoch"].astype(int),
-                    "train_nll": history["train_nll"],
-                    "valid_nll": history["valid_nll"],
-                    "best_valid_nll": history[OBJECTIVE],
-                    "epoch_seconds": history["epoch_seconds"],
-                }
-            )
-        )
+        frame = history[list(schema.CURVE_METRICS)].reset_index(drop=True)
+        frame.insert(0, "trial_id", record.trial_id)
+        frame["epoch"] = frame["epoch"].astype(int)
+        frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=list(schema.CURVE_COLUMNS))
     return pd.concat(frames, ignore_index=True)[list(schema.CURVE_COLUMNS)]
@@ -167,10 +158,10 @@ def evaluate_best(
     valid_data: np.ndarray,
     test_data: np.ndarray,
     test_masks: int | None,
-    extra: dict[str, Any] | None = None,
+    extra: schema.BestOptional | None = None,
     *,
     checkpoint_path: str | None = None,
-) -> dict[str, Any] | None:
+) -> schema.BestTrial | None:
     """Evaluate the best trial once on the test set; write best_model/ and best.json. Returns best.json's data.
 
     The best trial is the one with the lowest sweep objective (``best_valid_nll``, validation
@@ -192,9 +183,9 @@ def evaluate_best(
     requested = None if test_masks is None else capped_ensemble_size(test_masks, model.num_masks)
     ensemble = choose_test_masks(model, valid_data, requested)
     test = evaluate_nll(model, test_data, n_masks=ensemble.masks)
-    model_folder = experiment_path / BEST_MODEL_FOLDER
+    model_folder = experiment_path / schema.BEST_MODEL_FOLDER
     save_model(model, model_folder)
-    summary = {
+    summary: schema.BestTrial = {
         "dataset": dataset,
         "experiment": experiment_path.name,
         "trial_id": best.trial_id,
@@ -207,7 +198,7 @@ def evaluate_best(
         "valid_nll_by_test_masks": {str(size): nll for size, nll in ensemble.valid_by_size.items()},
         "checkpoint_path": checkpoint_path or str(model_folder),
         "finished_at": utc_now(),
-        **(extra or {}),
     }
+    summary.update(extra or {})
     write_json(experiment_path / schema.BEST_FILE, summary)
     return summary

@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from results.schema import Provenance
+
 PROJECT = "made-search"
 PACKAGES = ("torch", "ray", "optuna", "numpy")
 # The checkout holding this package (an editable install or a run from the source tree).
@@ -65,7 +67,8 @@ def gpu_models() -> list[str]:
     return [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
 
 
-def provenance() -> dict[str, Any]:
+def provenance() -> Provenance:
+    """Where and with what this process runs (experiment.json's ``provenance``)."""
     git = git_state()
     return {
         "python": platform.python_version(),

@@ -28,13 +28,11 @@ from made_core.cli import DefaultsHelpFormatter
 from results import schema
 from results.aggregate import DEFAULT_STORAGE, PUBLISHED_FIGURES_DIR, PUBLISHED_TABLES_DIR
 from search.settings import UsageError, read_config
-from search.storage import STAGING_ENV
+from results.storage import STAGING_ENV
 
 EXIT_BAD_INPUT = 2
 EXIT_NO_RESULT = 1
 EXIT_INTERRUPTED = 130
-# Settings a resumed sweep takes from experiment.json, not from the new command line.
-RESUMED_SETTINGS = ("dataset", "space", "seed", "num_samples", "max_epochs")
 # --tracking NAME: the Python package it needs and the extra that installs it.
 TRACKING_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
 
@@ -133,7 +131,7 @@ def _require(condition: bool, message: str) -> None:
 
 def _check_storage(storage: str) -> None:
     """A local folder that can be created and written, or a URI pyarrow can open and write under."""
-    from search.storage import StorageError, check_writable
+    from results.storage import StorageError, check_writable
 
     try:
         check_writable(storage)
@@ -147,7 +145,7 @@ def _staging_root(args: argparse.Namespace) -> Path | None:
 
 def experiment_folder(plan: Any, args: argparse.Namespace) -> Any:
     """The plan's experiment folder: local, or a URI with its local staging folder."""
-    from search.storage import ExperimentFolder
+    from results.storage import ExperimentFolder
 
     return ExperimentFolder(plan.storage, plan.name, _staging_root(args))
 
@@ -176,7 +174,7 @@ def _check_optuna_url(url: str) -> None:
 
 def _newest_unfinished(storage: str, dataset: str) -> str | None:
     """The newest experiment for ``dataset`` under ``storage``, a path or a URI (for --resume without --name)."""
-    from search.storage import StorageError, list_experiments
+    from results.storage import StorageError, list_experiments
 
     try:
         experiments = list_experiments(str(storage), schema.EXPERIMENT_FILE)
@@ -191,7 +189,7 @@ def _newest_unfinished(storage: str, dataset: str) -> str | None:
 def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Validate the command line into a SweepPlan (and the experiment.json of a resumed sweep)."""
     from made_core.data import DatasetError, canonical_name
-    from search.storage import ExperimentFolder, StorageError, normalize_storage
+    from results.storage import ExperimentFolder, StorageError, normalize_storage
     from search.tuner import SweepPlan
     from spaces import SpaceError, get_space
 
@@ -342,13 +340,16 @@ def _utc_iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
-def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: float, data: Any, run: dict[str, Any]) -> dict[str, Any]:
-    """experiment.json's fields (keys: results.schema). ``started`` is this run's ``time.time()`` at
+def experiment_info(
+    plan: Any, previous: dict[str, Any], status: str, started: float, data: Any, run: dict[str, Any], num_trials: int | None = None
+) -> schema.ExperimentInfo:
+    """experiment.json's fields (``results.schema.ExperimentInfo``). ``started`` is this run's ``time.time()`` at
     its start: the sweep's start unless it resumes an earlier one, whose ``started_at`` is kept.
-    ``run`` holds this run's command, resolved settings and provenance."""
+    ``run`` holds this run's command, resolved settings and provenance. ``num_trials``, once the
+    sweep has ended: how many trials it ran."""
     wall = float(previous.get("wall_seconds", 0.0)) + (time.time() - started)
     this_command = run["command"]
-    info = {
+    info: schema.ExperimentInfo = {
         "experiment": plan.name,
         "dataset": plan.dataset,
         "space": plan.space_source,
@@ -370,6 +371,10 @@ def _experiment_info(plan: Any, previous: dict[str, Any], status: str, started: 
         "space_data": plan.space.to_data(),
         "provenance": run["provenance"],
     }
+    if num_trials is not None:
+        info["num_trials"] = num_trials
+        # The time budget can end a sweep before every trial ran; the sweep still reports.
+        info["stopped_by_time_budget"] = status == "finished" and num_trials < plan.num_samples
     if data.true_test_nll is not None:
         info["true_test_nll"] = data.true_test_nll
     if data.description:
@@ -411,9 +416,9 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
 
     from made_core.ensembles import describe_test_mask_choice
     from search.api import NoResultError, SweepResult
-    from search.experiment import BEST_MODEL_FOLDER, evaluate_best, read_trials, trials_table, write_json, write_trial_files
+    from search.experiment import evaluate_best, read_ray_trials, trials_table, write_json, write_trial_files
     from search.provenance import provenance
-    from search.storage import STUDY_UPLOAD_SECONDS, PeriodicUpload, remove_stale_staging
+    from results.storage import STUDY_UPLOAD_SECONDS, PeriodicUpload, remove_stale_staging
     from search.tuner import ProgressPrinter, make_trainable, make_tuner, restore_tuner
 
     started = time.time()
@@ -438,7 +443,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
             )
     experiment_path.mkdir(parents=True, exist_ok=True)
     marker = experiment_path / schema.EXPERIMENT_FILE
-    write_json(marker, _experiment_info(plan, previous, "running", started, data, run))
+    write_json(marker, experiment_info(plan, previous, "running", started, data, run))
     folder.publish(schema.EXPERIMENT_FILE)
     trainable = make_trainable(plan, data.train, data.valid)
     progress = ProgressPrinter(plan.num_samples)
@@ -461,25 +466,22 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         status = "interrupted"
         logger.warning("interrupted: finished trials are kept; continue with --resume")
 
-    records = read_trials(folder.location)
+    records = read_ray_trials(folder.location)
     write_trial_files(experiment_path, records)
     completed = sum(1 for r in records if r.status == "TERMINATED")
-    info = _experiment_info(plan, previous, status, started, data, run)
-    info["num_trials"] = len(records)
-    # The time budget can end a sweep before every trial ran; the sweep still reports.
-    info["stopped_by_time_budget"] = status == "finished" and len(records) < plan.num_samples
-    extra = {"true_test_nll": data.true_test_nll} if data.true_test_nll is not None else {}
+    info = experiment_info(plan, previous, status, started, data, run, num_trials=len(records))
+    extra: schema.BestOptional = {"true_test_nll": data.true_test_nll} if data.true_test_nll is not None else {}
     model_location = None
     if folder.is_uri:
         # best.json names the model relative to its experiment folder (valid after a download
         # or `aws s3 sync`) and by its URI.
-        model_location = BEST_MODEL_FOLDER
-        extra["checkpoint_uri"] = folder.remote(BEST_MODEL_FOLDER)
+        model_location = schema.BEST_MODEL_FOLDER
+        extra["checkpoint_uri"] = folder.remote(schema.BEST_MODEL_FOLDER)
     best = evaluate_best(
         experiment_path, records, plan.dataset, data.valid, data.test, plan.test_masks, extra, checkpoint_path=model_location
     )
     write_json(marker, info)
-    folder.publish(schema.TRIALS_FILE, schema.CURVES_FILE, BEST_MODEL_FOLDER, schema.BEST_FILE, schema.EXPERIMENT_FILE)
+    folder.publish(schema.TRIALS_FILE, schema.CURVES_FILE, schema.BEST_MODEL_FOLDER, schema.BEST_FILE, schema.EXPERIMENT_FILE)
     if folder.is_uri and study_file is not None:
         folder.publish_sqlite(study_file, schema.STUDY_FILE)
     failed = sum(1 for r in records if r.status == "ERROR")
@@ -608,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose, args.quiet)
 
     from search.api import NoResultError
-    from search.storage import StorageError
+    from results.storage import StorageError
 
     try:
         result = execute(args, shlex.join([sys.executable, "-m", "search.run", *argv]))

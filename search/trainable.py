@@ -1,6 +1,6 @@
 """The Ray Tune trainable: a plain function that trains one MADE with made_core, epoch by epoch.
 
-Every epoch it reports the metrics below and a checkpoint (made_core's trainer state,
+Every epoch it reports ``results.schema.TrialMetrics`` and a checkpoint (made_core's trainer state,
 which also holds the best weights so far), so ASHA pauses, node failures and driver
 restarts continue from the last epoch. Data arrives through ``tune.with_parameters``:
 the driver puts it in Ray's object store once, trials never read the disk.
@@ -24,10 +24,9 @@ from made_core.files import CheckpointError
 from made_core.hyperparameters import capped_ensemble_size
 from made_core.config import TrainConfig
 from made_core.train import Trainer
+from results.schema import TrialMetrics
+from results.storage import subfolders
 
-# A running minimum: Optuna records a trial that ASHA stopped with its last reported value,
-# which must be its best.
-OBJECTIVE = "best_valid_nll"
 # How Ray Tune names a trial's checkpoint folders (StorageContext._make_checkpoint_dir_name).
 _CHECKPOINT_NAME = re.compile(r"checkpoint_(\d+)")
 
@@ -55,7 +54,7 @@ def trial_device() -> str:
 
 
 def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.ndarray, settings: TrialSettings) -> None:
-    """Train one configuration; reports ``best_valid_nll`` (the objective) every epoch."""
+    """Train one configuration; reports its TrialMetrics (OBJECTIVE: ``best_valid_nll``) every epoch."""
     import logging
 
     import ray
@@ -87,18 +86,18 @@ def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.nd
                 f"training diverged at epoch {result.epoch} (non-finite loss) with {config}; "
                 f"best valid NLL before that: {result.best_valid_nll}"
             )
-        metrics = {
-            OBJECTIVE: result.best_valid_nll,
-            "valid_nll": result.valid_nll,
-            "train_nll": result.train_nll,
-            "epoch": result.epoch,
-            "epoch_seconds": result.epoch_seconds,
-            "examples_per_second": result.examples_per_second,
-            "stopped_early": result.status == "early_stopped",
-            "node_ip": node_ip,
-            "pid": os.getpid(),  # which process on the node trains this trial
-            "device": device,
-        }
+        metrics = TrialMetrics(
+            best_valid_nll=result.best_valid_nll,
+            valid_nll=result.valid_nll,
+            train_nll=result.train_nll,
+            epoch=result.epoch,
+            epoch_seconds=result.epoch_seconds,
+            examples_per_second=result.examples_per_second,
+            stopped_early=result.status == "early_stopped",
+            node_ip=node_ip,
+            pid=os.getpid(),
+            device=device,
+        )
         if result.done or result.epoch % settings.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as folder:
                 trainer.save_checkpoint(folder)
@@ -127,20 +126,18 @@ def restore_trainer(checkpoint: tune.Checkpoint, train_data: np.ndarray, valid_d
 
 def older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     """The trial's checkpoints older than ``checkpoint``, newest first (on its own filesystem)."""
-    import pyarrow.fs
-
     name = PurePosixPath(checkpoint.path)
     current = _CHECKPOINT_NAME.fullmatch(name.name)
     if current is None:
         return []
     try:
-        siblings = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(str(name.parent)))
+        siblings = subfolders(checkpoint.filesystem, str(name.parent))
     except OSError:
         return []
     older = []
     for info in siblings:
-        match = _CHECKPOINT_NAME.fullmatch(PurePosixPath(info.path).name)
-        if info.type == pyarrow.fs.FileType.Directory and match and int(match[1]) < int(current[1]):
+        match = _CHECKPOINT_NAME.fullmatch(info.base_name)
+        if match and int(match[1]) < int(current[1]):
             older.append((int(match[1]), info.path))
     return [tune.Checkpoint(path, filesystem=checkpoint.filesystem) for _, path in sorted(older, reverse=True)]
 

@@ -19,7 +19,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from search.trainable import OBJECTIVE, TrialSettings, train_made
+from results.schema import OBJECTIVE
+from search.trainable import TrialSettings, train_made
 from spaces import SearchSpace
 
 logger = logging.getLogger("search")

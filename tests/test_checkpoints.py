@@ -25,7 +25,7 @@ from made_core.model import load_model, save_model
 from made_core.config import TrainConfig
 from made_core.train import CHECKPOINT_FILE, Trainer, load_best_model
 from made_core.train_cli import main
-from results.atomic import atomic_write_csv
+from results.storage import atomic_write_csv
 from search.trainable import older_checkpoints, restore_trainer
 
 

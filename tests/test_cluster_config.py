@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.cluster import check_storage_for_cluster, count_alive_nodes, is_local_path
+from results.storage import is_uri
+from search.cluster import check_storage_for_cluster, count_alive_nodes
 
 ROOT = Path(__file__).resolve().parent.parent
 AWS = ROOT / "cluster.yaml"
@@ -191,7 +192,7 @@ def test_mutated_onprem_config_is_rejected():
     ],
 )
 def test_is_local_path(storage, local):
-    assert is_local_path(storage) is local
+    assert (not is_uri(storage)) is local
 
 
 def test_local_storage_refused_on_multinode_cluster():

@@ -29,19 +29,20 @@ import pytest
 from driver_processes import ROOT, finish, kill_group, start_driver
 from results import schema
 from results.aggregate import aggregate
-from results.experiments import fetch_uri_storage, is_uri
-from search.run import main
-from search.storage import (
+from results.storage import (
     STAGING_ENV,
     ExperimentFolder,
     PeriodicUpload,
     StorageError,
     check_writable,
+    fetch_experiments,
+    is_uri,
     join_uri,
     list_experiments,
     normalize_storage,
     staging_storage,
 )
+from search.run import main
 
 BUCKET = "made-test"
 AWS_ENV = {
@@ -192,7 +193,7 @@ def test_experiment_folder_publishes_reads_and_lists(moto_port, aws_env, tmp_pat
     assert ExperimentFolder(uri, "exp1").read_json(schema.EXPERIMENT_FILE)["dataset"] == "dna"
     assert [name for name, _ in list_experiments(uri, schema.EXPERIMENT_FILE)] == ["exp1"]
     # results.aggregate's view of a URI storage: its experiments' result files, fetched.
-    target = fetch_uri_storage(uri, tmp_path / "down")
+    target = fetch_experiments(uri, tmp_path / "down")
     assert (target / "exp1" / "best_model" / "model.pt").read_bytes() == b"\0weights.gz"
     assert (target / "exp1" / schema.EXPERIMENT_FILE).exists() and not (target / "exp1" / schema.BEST_FILE).exists()
 

@@ -1,22 +1,27 @@
-"""The experiment folder ``<storage>/<name>/`` for a local path or a URI (s3://, gs://, ...).
+"""Storage: where experiment folders live (a local path or a URI: s3://, gs://, ...) and how files get there.
+
+The one module for URI detection (``is_uri``), listing (``list_folder``, ``list_experiments``),
+durable writes of our text and CSV files (``atomic_write_text``, ``atomic_write_csv``, over
+``made_core.files.atomic_write``), the tables lock, staging, upload and download. ``search``
+writes experiment folders through it; ``results`` reads them through it.
 
 Ray Tune writes its own files (trial results, checkpoints, experiment state) straight to
-``--storage`` from every node, through ``pyarrow.fs``; this module is the driver's side:
-where it writes ``experiment.json``, ``trials.csv``, ``curves.csv``, ``best.json``,
-``best_model/`` and the default SQLite Optuna study.
+``--storage`` from every node, through ``pyarrow.fs``; ``ExperimentFolder`` is the driver's
+side: where it writes ``experiment.json``, ``trials.csv``, ``curves.csv``, ``best.json``,
+``best_model/`` and the default SQLite Optuna study (names: ``results.schema``).
 
 - **Local path** (``runs``, ``/mnt/shared/x``, ``file:///x``): the driver writes into the
-  experiment folder itself, atomically (``results.atomic``); ``publish`` does nothing.
-  This is exactly the behaviour before URIs were supported.
+  experiment folder itself, atomically; ``publish`` does nothing.
 - **URI**: the driver writes into a local *staging* folder,
   ``<staging root>/<storage slug>-<hash>/<name>/`` (staging root: ``--local-dir``, else
-  ``$MADE_SEARCH_STAGING``, else ``$XDG_CACHE_HOME/made-search/experiments`` (an absolute one) or
-  ``~/.cache/made-search/experiments``), and ``publish`` uploads the files named to
-  ``<uri>/<name>/`` (a folder: every file in it). One object per file: S3 and GCS make an
-  object visible only once it is fully written, so readers never see half a file.
-  SQLite cannot live on an object store, so the default Optuna study stays in the
-  staging folder and a consistent copy is uploaded as ``<uri>/<name>/study.db`` every
-  few minutes while the sweep runs (``PeriodicUpload``) and once at its end.
+  ``$MADE_SEARCH_STAGING``, else ``made_core.files.user_cache_dir()/experiments``), and
+  ``publish`` uploads the files named to ``<uri>/<name>/`` (a folder: every file in it). One
+  object per file: S3 and GCS make an object visible only once it is fully written, so
+  readers never see half a file. SQLite cannot live on an object store, so the default
+  Optuna study stays in the staging folder and a consistent copy is uploaded as
+  ``<uri>/<name>/study.db`` every few minutes while the sweep runs (``PeriodicUpload``) and
+  once at its end. ``fetch_experiments`` copies a URI storage's result files back for
+  aggregation.
 
 URIs may carry pyarrow's query parameters, e.g. an S3-compatible server:
 ``s3://bucket/prefix?endpoint_override=127.0.0.1:9000&scheme=http``. Ray's own storage
@@ -26,6 +31,7 @@ see one location; ``join_uri`` inserts path parts before the query.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -36,11 +42,17 @@ import sys
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from search.cluster import is_local_path
+from made_core.files import atomic_write, user_cache_dir
+from results import schema
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STAGING_ENV = "MADE_SEARCH_STAGING"
 STUDY_UPLOAD_SECONDS = 300
@@ -52,15 +64,29 @@ class StorageError(ValueError):
     """A storage location that cannot be used, or a transfer that failed: one line, says why."""
 
 
-def is_uri(storage: str) -> bool:
-    """True for ``s3://...``, ``gs://...`` and other non-file URIs."""
-    return not is_local_path(storage)
+_URI_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+def is_uri(storage: str | Path) -> bool:
+    """True for a URI with a scheme other than ``file`` (``s3://``, ``gs://``, ``hdfs://``, ...);
+    False for a filesystem path (``/x``, ``runs``, ``~/x``, ``C:\\x``) or a ``file://`` URI."""
+    match = _URI_SCHEME.match(str(storage).strip())
+    if match is None:
+        return False
+    scheme = match.group(1).lower()
+    # A one-letter "scheme" is a Windows drive letter (C://x), not a URI.
+    return scheme != "file" and len(scheme) > 1
+
+
+def as_local_path(storage: str | Path) -> Path:
+    """A local storage as a path: ``file://`` dropped, ``~`` expanded (not resolved)."""
+    return Path(str(storage).removeprefix("file://")).expanduser()
 
 
 def normalize_storage(storage: str) -> str:
     """A local path made absolute (``file://`` and ``~`` resolved), or the URI without a trailing slash."""
     if not is_uri(storage):
-        return str(Path(storage.removeprefix("file://")).expanduser().resolve())
+        return str(as_local_path(storage).resolve())
     parts = urlsplit(storage.strip())
     path = parts.path.rstrip("/")
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
@@ -117,12 +143,12 @@ def open_filesystem(uri: str) -> tuple[Any, str]:
 def check_writable(storage: str) -> None:
     """Create a local storage folder, or write and delete a probe object under a URI; StorageError if not."""
     if not is_uri(storage):
-        path = Path(storage.removeprefix("file://")).expanduser()
+        path = as_local_path(storage)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".made-search-write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
+            probe_file = path / f".made-search-write-test-{os.getpid()}"
+            probe_file.write_text("")
+            probe_file.unlink()
         except OSError as error:
             raise StorageError(f"--storage {storage} is not a writable folder: {error.strerror or error}") from None
         return
@@ -138,8 +164,6 @@ def check_writable(storage: str) -> None:
 
 def default_staging_root() -> Path:
     """$MADE_SEARCH_STAGING, else the user's cache folder's made-search/experiments."""
-    from made_core.files import user_cache_dir
-
     if os.environ.get(STAGING_ENV):
         return Path(os.environ[STAGING_ENV]).expanduser()
     return user_cache_dir() / "experiments"
@@ -171,8 +195,6 @@ def _upload_file(fs: Any, local: Path, remote: str) -> None:
 
 
 def _download_file(fs: Any, remote: str, local: Path) -> None:
-    from made_core.files import atomic_write
-
     def write(temp: Path) -> None:
         with fs.open_input_stream(remote, compression=None) as source, open(temp, "wb") as target:
             while chunk := source.read(_CHUNK):
@@ -343,36 +365,88 @@ class PeriodicUpload:
             self._thread.join()
 
 
+def list_folder(fs: Any, path: str, *, recursive: bool = False) -> list[Any]:
+    """The entries (``pyarrow.fs.FileInfo``) under ``path`` on ``fs``, sorted by path; [] when
+    ``path`` does not exist. Raises what the filesystem raises (``OSError``, ``ArrowInvalid``)."""
+    import pyarrow.fs
+
+    selector = pyarrow.fs.FileSelector(path, recursive=recursive, allow_not_found=True)
+    return sorted(fs.get_file_info(selector), key=lambda info: info.path)
+
+
+def subfolders(fs: Any, path: str) -> list[Any]:
+    """The folders directly under ``path`` on ``fs`` (``list_folder``'s directories)."""
+    import pyarrow.fs
+
+    return [info for info in list_folder(fs, path) if info.type == pyarrow.fs.FileType.Directory]
+
+
+def storage_filesystem(storage: str) -> tuple[Any, str]:
+    """``(pyarrow filesystem, path on it)`` for a normalised storage, local or a URI."""
+    if is_uri(storage):
+        return open_filesystem(storage)
+    import pyarrow.fs
+
+    return pyarrow.fs.LocalFileSystem(), storage
+
+
 def list_experiments(storage: str, marker: str) -> list[tuple[str, dict[str, Any]]]:
     """``(name, parsed marker JSON)`` for every folder of ``storage`` holding ``marker``.
 
-    Works for a local path and for a URI (listing through pyarrow). Unreadable markers are
-    left out.
+    Works for a local path and for a URI. Unreadable markers are left out.
     """
     storage = normalize_storage(storage)
-    found: list[tuple[str, dict[str, Any]]] = []
-    if not is_uri(storage):
-        for path in sorted(Path(storage).glob(f"*/{marker}")):
-            try:
-                found.append((path.parent.name, json.loads(path.read_text())))
-            except (OSError, ValueError):
-                continue
-        return found
-    import pyarrow.fs
-
-    fs, root = open_filesystem(storage)
+    fs, root = storage_filesystem(storage)
     try:
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+        folders = subfolders(fs, root)
     except Exception as error:
         raise StorageError(f"cannot list {storage}: {describe_error(error)}") from None
-    for entry in sorted(entries, key=lambda e: e.path):
-        if entry.type != pyarrow.fs.FileType.Directory:
-            continue
+    found: list[tuple[str, dict[str, Any]]] = []
+    for folder in folders:
         try:
-            found.append((entry.base_name, json.loads(_read_remote(fs, f"{entry.path}/{marker}"))))
+            found.append((folder.base_name, json.loads(_read_remote(fs, f"{folder.path}/{marker}"))))
         except (OSError, ValueError):
             continue
     return found
+
+
+# The files of an experiment folder that aggregation reads, and the best model's folder
+# (samples figure): not Ray's checkpoints.
+_FETCHED_FILES = (schema.EXPERIMENT_FILE, schema.TRIALS_FILE, schema.CURVES_FILE, schema.BEST_FILE)
+_FETCHED_FOLDERS = (schema.BEST_MODEL_FOLDER,)
+
+
+def fetch_experiments(uri: str, target: Path) -> Path:
+    """Copy every experiment folder's result files under ``uri`` into ``target/<name>/``.
+
+    Credentials come from the usual environment (AWS_* variables, profiles, instance roles).
+    Each copy keeps the remote modification time: the samples figure is redrawn only for a
+    newer model. Raises StorageError (one line: why, the caller names the storage) if the
+    storage cannot be listed or read.
+    """
+    import pyarrow.fs
+
+    uri = normalize_storage(uri)
+    fs, root = open_filesystem(uri)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for entry in subfolders(fs, root):
+            if entry.base_name.startswith("."):
+                continue
+            wanted = [f"{entry.path}/{name}" for name in _FETCHED_FILES]
+            for folder in _FETCHED_FOLDERS:
+                inside = list_folder(fs, f"{entry.path}/{folder}", recursive=True)
+                wanted += [item.path for item in inside if item.type == pyarrow.fs.FileType.File]
+            for info in fs.get_file_info(wanted):
+                if info.type != pyarrow.fs.FileType.File:
+                    continue  # e.g. no best.json yet
+                local = target / entry.base_name / info.path[len(entry.path) + 1 :]
+                _download_file(fs, info.path, local)
+                if info.mtime is not None:
+                    os.utime(local, (info.mtime.timestamp(), info.mtime.timestamp()))
+    except Exception as error:  # ArrowInvalid, OSError: whatever the filesystem raises
+        raise StorageError(describe_error(error)) from None
+    return target
 
 
 def remove_stale_staging(folder: Path) -> bool:
@@ -381,3 +455,36 @@ def remove_stale_staging(folder: Path) -> bool:
         shutil.rmtree(folder)
         return True
     return False
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (``made_core.files.atomic_write``)."""
+
+    def write(temp: Path) -> None:
+        temp.write_text(text, encoding="utf-8")
+
+    return atomic_write(path, write)
+
+
+def atomic_write_csv(path: Path, frame: pd.DataFrame) -> Path:
+    """Write ``frame`` as CSV (no index) to ``path`` atomically."""
+    return atomic_write(path, lambda temp: frame.to_csv(temp, index=False))
+
+
+@contextmanager
+def exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) for the block.
+
+    Serialises read-merge-write of the tables: without it two writers could each read the
+    old table, merge their own rows, and the second replace would drop the first one's rows.
+    The lock is advisory and released when the file is closed, also if the process dies,
+    so a crashed aggregation never leaves the tables locked.
+    """
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

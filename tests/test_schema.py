@@ -1,0 +1,115 @@
+"""What the writers in ``search`` write is what ``results.schema`` declares, and ``results`` reads it back.
+
+The writers run for real without a Ray cluster: the trainable trains a tiny MADE with
+``ray.tune.report`` captured, its reports and checkpoints become the trial records the driver
+reads back from Ray, and from those the driver's functions write experiment.json, trials.csv,
+curves.csv, best.json and best_model/. Fast, offline.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from ray import tune
+
+from made_core.data import load_dataset
+from results import schema
+from results.experiments import read_experiment
+from results.tables import order_hyperparameters
+from search import trainable
+from search.experiment import TrialRecord, curves_table, evaluate_best, trials_table, write_json, write_trial_files
+from search.provenance import provenance
+from search.run import experiment_info, make_plan, parse_args, resolved_settings
+from search.trainable import TrialSettings, train_made
+
+CONFIG = {"hidden_layers": 1, "hidden_units": 16, "num_masks": 2, "ordering": "agnostic", "learning_rate": 1e-2}
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_dataset("synthetic-tiny")
+
+
+@pytest.fixture
+def trial(tiny, tmp_path, monkeypatch) -> TrialRecord:
+    """One trial trained by the real trainable; what it reported, as the driver reads it back from Ray."""
+    reports: list[dict] = []
+    checkpoints: list[tune.Checkpoint] = []
+
+    def report(metrics, checkpoint=None):
+        reports.append(dict(metrics))
+        if checkpoint is not None:  # the trainable's folder is temporary: keep a copy, as Ray does
+            kept = tmp_path / "trial" / f"checkpoint_{len(checkpoints):06d}"
+            shutil.copytree(checkpoint.path, kept)
+            checkpoints.append(tune.Checkpoint.from_directory(str(kept)))
+
+    monkeypatch.setattr(trainable.tune, "report", report)
+    monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(trainable, "trial_device", lambda: "cpu")
+    monkeypatch.setattr("ray.util.get_node_ip_address", lambda: "127.0.0.1")
+    train_made(CONFIG, tiny.train, tiny.valid, TrialSettings(max_epochs=EPOCHS, patience=30, seed=0))
+    assert len(reports) == EPOCHS and len(checkpoints) == EPOCHS
+    for metrics in reports:
+        assert tuple(metrics) == schema.TRIAL_METRICS
+    last = {**reports[-1], "time_total_s": 1.5}  # Ray adds its own keys to every result
+    return TrialRecord(
+        trial_id="abc_00000", status="TERMINATED", config=dict(CONFIG), last_result=last,
+        history=pd.DataFrame(reports), num_failures=0, checkpoint=checkpoints[-1],
+    )  # fmt: skip
+
+
+def test_schema_tuples_come_from_the_types():
+    assert schema.OBJECTIVE in schema.TRIAL_METRICS
+    assert set(schema.CURVE_METRICS) <= set(schema.TRIAL_METRICS)
+    assert schema.CURVE_COLUMNS == ("trial_id", *schema.CURVE_METRICS)
+    assert set(schema.TRIAL_NUMERIC_COLUMNS) <= set(schema.TRIAL_COLUMNS) and "node_ip" not in schema.TRIAL_NUMERIC_COLUMNS
+    assert schema.EXPERIMENT_KEYS + schema.EXPERIMENT_RUN_KEYS + schema.EXPERIMENT_OPTIONAL_KEYS == tuple(schema.ExperimentInfo.__annotations__)
+    assert schema.BEST_KEYS + schema.BEST_OPTIONAL_KEYS == tuple(schema.BestTrial.__annotations__)
+    assert schema.EXPERIMENT_KEYS[:2] == ("experiment", "dataset") and "optuna_storage" in schema.EXPERIMENT_RUN_KEYS
+
+
+def test_trial_tables_have_the_schema_columns(trial):
+    trials = trials_table([trial])
+    assert list(trials.columns) == [*schema.TRIAL_COLUMNS, *order_hyperparameters(CONFIG)]
+    row = trials.iloc[0]
+    assert row["epochs"] == EPOCHS and row["best_valid_nll"] == trial.last_result[schema.OBJECTIVE] and row["wall_seconds"] == 1.5
+    curves = curves_table([trial])
+    assert list(curves.columns) == list(schema.CURVE_COLUMNS) and list(curves["epoch"]) == list(range(1, EPOCHS + 1))
+
+
+def test_experiment_folder_written_is_the_schema_and_reads_back(trial, tiny, tmp_path):
+    storage = tmp_path / "runs"
+    args = parse_args(["--dataset", "synthetic-tiny", "--space", "quick", "--storage", str(storage), "--name", "exp",
+                       "--num-samples", "2", "--max-epochs", str(EPOCHS)])  # fmt: skip
+    plan, previous = make_plan(args)
+    run = {"command": "made-search ...", "settings": resolved_settings(plan, args), "provenance": provenance()}
+    folder = storage / "exp"
+    declared = {*schema.EXPERIMENT_KEYS, *schema.EXPERIMENT_RUN_KEYS, *schema.EXPERIMENT_OPTIONAL_KEYS}
+
+    running = experiment_info(plan, previous, "running", time.time(), tiny, run)
+    assert set(running) <= declared and set(schema.EXPERIMENT_KEYS) <= set(running)
+    assert set(schema.EXPERIMENT_RUN_KEYS) - set(running) == {"stopped_by_time_budget"}  # known only at the end
+    finished = experiment_info(plan, previous, "finished", time.time(), tiny, run, num_trials=1)
+    assert set(finished) <= declared and set(schema.EXPERIMENT_KEYS) | set(schema.EXPERIMENT_RUN_KEYS) <= set(finished)
+    assert finished["stopped_by_time_budget"] is True and finished["num_trials"] == 1  # 1 of --num-samples 2
+    assert tuple(finished["provenance"]) == schema.PROVENANCE_KEYS
+    assert {"true_test_nll", "data_note"} <= set(finished)  # synthetic-tiny knows its true NLL and has a note
+
+    write_json(folder / schema.EXPERIMENT_FILE, finished)
+    write_trial_files(folder, [trial])
+    extra: schema.BestOptional = {"true_test_nll": float(tiny.true_test_nll), "checkpoint_uri": "s3://bucket/runs/exp/best_model"}
+    best = evaluate_best(folder, [trial], plan.dataset, tiny.valid, tiny.test, None, extra)
+    assert best is not None
+    assert set(best) == {*schema.BEST_KEYS, *schema.BEST_OPTIONAL_KEYS}
+    assert Path(best["checkpoint_path"]) == folder / schema.BEST_MODEL_FOLDER and (folder / schema.BEST_MODEL_FOLDER).is_dir()
+
+    experiment = read_experiment(folder)
+    assert experiment.problems == [] and experiment.dataset == "synthetic-tiny" and experiment.hyperparameters == order_hyperparameters(CONFIG)
+    assert experiment.best is not None and experiment.best["trial_id"] == trial.trial_id
+    assert experiment.curves is not None and list(experiment.curves.columns) == list(schema.CURVE_COLUMNS)
+    assert experiment.info["optuna_storage"] == plan.optuna_storage  # what --resume reads back
