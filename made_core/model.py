@@ -230,7 +230,8 @@ class MADE(nn.Module):
         """(n, D) binary samples drawn dimension by dimension in the mask's ordering.
 
         Uniforms u (n, D) are drawn once (column k for the k-th dimension of the ordering) and
-        x_d = 1 when u < p(x_d = 1 | x_<d). A one-hidden-layer model updates its hidden
+        x_d = 1 when u < p(x_d = 1 | x_<d), compared as log(u / (1 - u)) < logit so that no
+        sigmoid is taken per dimension. A one-hidden-layer model updates its hidden
         pre-activations one input at a time, so all D dimensions cost about one forward pass;
         a deeper one makes a full pass per dimension (``sample_by_passes``).
         """
@@ -243,10 +244,10 @@ class MADE(nn.Module):
     def sample_by_passes(self, mask_index: int, uniforms: torch.Tensor) -> torch.Tensor:
         """``sample`` for any depth, given its uniforms (n, D): one full forward pass per dimension."""
         order, weights = self.masks(mask_index).order, self.masked_weights(mask_index)
+        thresholds = torch.logit(uniforms)
         x = torch.zeros_like(uniforms)
         for position, dim in enumerate(order.tolist()):
-            probability = torch.sigmoid(self.logits_with(x, weights)[:, dim])
-            x[:, dim] = (uniforms[:, position] < probability).to(x.dtype)
+            x[:, dim] = thresholds[:, position] < self.logits_with(x, weights)[:, dim]
         return x
 
     def _sample_one_hidden_layer(self, mask_index: int, uniforms: torch.Tensor) -> torch.Tensor:
@@ -256,15 +257,21 @@ class MADE(nn.Module):
         hidden_weight, output_weight = weights.hidden[0], weights.output
         hidden_bias, output_bias = self.masked_layers()[0].bias, self.output_layer.bias
         activation = ACTIVATION_FUNCTIONS[self.activation]
-        x = torch.zeros_like(uniforms)
-        pre_activation = hidden_bias.expand(len(x), -1).clone()
+        # Per-dimension vectors as contiguous rows: a strided column costs more than its math.
+        thresholds = torch.logit(uniforms).t().contiguous()  # (D, n), row k for ordering position k
+        input_columns = hidden_weight.t().contiguous()  # (D, H), row d: what setting x_d adds
+        x_by_dim = torch.zeros_like(thresholds)  # (D, n), row d is x_d
+        pre_activation = hidden_bias.expand(len(uniforms), -1).clone()
+        logit = torch.empty(len(uniforms), dtype=uniforms.dtype, device=uniforms.device)
         for position, dim in enumerate(order.tolist()):
-            logit = activation(pre_activation) @ output_weight[dim] + output_bias[dim]
-            if weights.direct is not None:
-                logit = logit + x @ weights.direct[dim]
-            x[:, dim] = (uniforms[:, position] < torch.sigmoid(logit)).to(x.dtype)
-            pre_activation.addr_(x[:, dim], hidden_weight[:, dim])
-        return x
+            if weights.direct is None:
+                logit.fill_(output_bias[dim])
+            else:
+                torch.mv(x_by_dim.t(), weights.direct[dim], out=logit).add_(output_bias[dim])
+            logit.addmv_(activation(pre_activation), output_weight[dim])
+            torch.lt(thresholds[position], logit, out=x_by_dim[dim])
+            pre_activation.addr_(x_by_dim[dim], input_columns[dim])
+        return x_by_dim.t().contiguous()
 
     def conditional_log_prob(self, x: torch.Tensor, observed: torch.Tensor, n_masks: int = 1) -> torch.Tensor:
         """(B,) log p(x_missing | x_observed) for an order-agnostic model.

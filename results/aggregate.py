@@ -54,11 +54,11 @@ from pathlib import Path
 import pandas as pd
 
 from made_core.cli import DefaultsHelpFormatter
-from results import schema
 from made_core.files import atomic_write_all
-from results.storage import exclusive_lock
+from results import schema
 from results.experiments import Experiment, Skipped, local_storages, scan_storages
 from results.paper import paper_made_nll, paper_mask_sampling_nll
+from results.storage import exclusive_lock
 from results.tables import (
     by_masks_table,
     merge_best,
@@ -106,7 +106,9 @@ def _read_existing(path: Path, required: list[str]) -> pd.DataFrame | None:
     return frame
 
 
-def write_tables(tables_dir: Path, experiments: list[Experiment], *, merge: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Path]]:
+def write_tables(
+    tables_dir: Path, experiments: list[Experiment], *, merge: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Path]]:
     """Read-merge-write the four tables under the tables lock; returns (best, trials, by_masks, paths)."""
     tables_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -139,7 +141,7 @@ def _checkpoint_dir(experiment: Experiment) -> Path | None:
     if not isinstance(raw, str) or not raw:
         return None
     path = Path(raw)
-    for candidate in ([path] if path.is_absolute() else [experiment.path / path, path]):
+    for candidate in [path] if path.is_absolute() else [experiment.path / path, path]:
         if candidate.exists():
             return candidate
     return None
@@ -198,16 +200,25 @@ def draw_figures(
             attempt(
                 f"curves of {experiment.name}",
                 lambda e=experiment, t=title, b=best_trial, p=paper, s=sampling, tr=true: figures.plot_curves(
-                    e.curves, figures_dir / schema.CURVES_FIGURE.format(experiment=e.name),
-                    title=t, best_trial_id=b, paper_nll=p, true_nll=tr, paper_mask_sampling_nll=s,
+                    e.curves,
+                    figures_dir / schema.CURVES_FIGURE.format(experiment=e.name),
+                    title=t,
+                    best_trial_id=b,
+                    paper_nll=p,
+                    true_nll=tr,
+                    paper_mask_sampling_nll=s,
                 ),
             )
         if not experiment.trials.empty:
             attempt(
                 f"best-so-far of {experiment.name}",
                 lambda e=experiment, t=title, p=paper, s=sampling, tr=true: figures.plot_best_so_far(
-                    e.trials, figures_dir / schema.BEST_SO_FAR_FIGURE.format(experiment=e.name),
-                    title=t, paper_nll=p, true_nll=tr, paper_mask_sampling_nll=s,
+                    e.trials,
+                    figures_dir / schema.BEST_SO_FAR_FIGURE.format(experiment=e.name),
+                    title=t,
+                    paper_nll=p,
+                    true_nll=tr,
+                    paper_mask_sampling_nll=s,
                 ),
             )
 
@@ -218,8 +229,10 @@ def draw_figures(
             attempt(
                 f"NLL vs masks of {dataset}",
                 lambda d=dataset, r=rows: figures.plot_nll_vs_masks(
-                    r, figures_dir / schema.NLL_VS_MASKS_FIGURE.format(dataset=d),
-                    title=f"{d}: best trial per mask count and ordering", paper_nll=paper_made_nll(d),
+                    r,
+                    figures_dir / schema.NLL_VS_MASKS_FIGURE.format(dataset=d),
+                    title=f"{d}: best trial per mask count and ordering",
+                    paper_nll=paper_made_nll(d),
                     paper_mask_sampling_nll=paper_mask_sampling_nll(d),
                 ),
             )
@@ -240,8 +253,8 @@ def draw_figures(
                 continue
             attempt(
                 f"samples of {dataset}",
-                lambda d=dataset, c=checkpoint, t=target, w=winner: samples_figure(
-                    d, c, t, title=f"{d}: samples of {w.name} / {row['trial_id']} and nearest training examples"
+                lambda d=dataset, c=checkpoint, t=target, w=winner, trial=row["trial_id"]: samples_figure(
+                    d, c, t, title=f"{d}: samples of {w.name} / {trial} and nearest training examples"
                 ),
             )
     return written
@@ -298,10 +311,14 @@ def _aggregate(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="made-aggregate", description=__doc__.split("\n\n")[0],
-                                     formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("--storage", action="append",
-                        help=f"experiment storage folder or URI, e.g. s3://bucket/prefix (repeatable; unset: {DEFAULT_STORAGE})")
+    parser = argparse.ArgumentParser(
+        prog="made-aggregate", description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--storage",
+        action="append",
+        help=f"experiment storage folder or URI, e.g. s3://bucket/prefix (repeatable; unset: {DEFAULT_STORAGE})",
+    )
     parser.add_argument("--tables-dir", type=Path, default=PUBLISHED_TABLES_DIR, help="where the tables are written")
     parser.add_argument("--figures-dir", type=Path, default=PUBLISHED_FIGURES_DIR, help="where the figures are drawn")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
@@ -328,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     if not result.experiments:
         print(f"no experiments found under {', '.join(str(s) for s in storages)}")
     print(f"best test NLL for {len(result.best)} dataset(s); {len(result.trials)} trial row(s)")
-    for name, path in result.tables.items():
+    for path in result.tables.values():
         print(f"  wrote {path}")
     if result.figures:
         print(f"  {len(result.figures)} figure(s) in {args.figures_dir}")

@@ -125,9 +125,7 @@ def _finite_number(value: Any) -> float | None:
 def read_trials_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """trials.csv as (frame, hyperparameter column names); raises ExperimentError."""
     frame = _read_csv(path, schema.TRIAL_COLUMNS)
-    frame = frame.rename(
-        columns={c: c[len(_CONFIG_PREFIX) :] for c in frame.columns if c.startswith(_CONFIG_PREFIX)}
-    )
+    frame = frame.rename(columns={c: c[len(_CONFIG_PREFIX) :] for c in frame.columns if c.startswith(_CONFIG_PREFIX)})
     if frame.columns.duplicated().any():
         raise ExperimentError(f"{path.name} has duplicate columns")
     for column in schema.TRIAL_NUMERIC_COLUMNS:
@@ -192,8 +190,7 @@ def read_experiment(path: Path) -> Experiment:
         best_dataset = best.get("dataset")
         if isinstance(best_dataset, str) and canonical_dataset(best_dataset) != experiment.dataset:
             experiment.problems.append(
-                f"{schema.BEST_FILE} says dataset {best_dataset!r}, {schema.EXPERIMENT_FILE} says "
-                f"{dataset!r}; using the latter"
+                f"{schema.BEST_FILE} says dataset {best_dataset!r}, {schema.EXPERIMENT_FILE} says {dataset!r}; using the latter"
             )
         if not (trials["trial_id"] == best["trial_id"]).any():
             experiment.problems.append(f"best trial {best['trial_id']!r} is not in {schema.TRIALS_FILE}")
@@ -222,7 +219,11 @@ def scan_storages(storages: list[Path]) -> tuple[list[Experiment], list[Skipped]
         if not storage.is_dir():
             logger.warning("storage %s does not exist or is not a folder; nothing read from it", storage)
             continue
-        folders = (p for p in storage.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in schema.STORAGE_OUTPUT_FOLDERS)
+        folders = (
+            p
+            for p in storage.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name not in schema.STORAGE_OUTPUT_FOLDERS
+        )
         for folder in sorted(folders):
             try:
                 experiment = read_experiment(folder)

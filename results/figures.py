@@ -49,9 +49,7 @@ def _reference_lines(
     if paper_nll is not None and math.isfinite(paper_nll):
         axes.axhline(paper_nll, label=f"paper MADE ({paper_nll:.2f})", **PAPER_STYLE)
     if mask_sampling_nll is not None and math.isfinite(mask_sampling_nll):
-        axes.axhline(
-            mask_sampling_nll, label=f"paper MADE mask sampling ({mask_sampling_nll:.2f})", **PAPER_MASK_SAMPLING_STYLE
-        )
+        axes.axhline(mask_sampling_nll, label=f"paper MADE mask sampling ({mask_sampling_nll:.2f})", **PAPER_MASK_SAMPLING_STYLE)
     if true_nll is not None and math.isfinite(true_nll):
         axes.axhline(true_nll, label=f"true distribution ({true_nll:.2f})", **TRUE_STYLE)
 
@@ -157,8 +155,15 @@ def plot_nll_vs_masks(
         axes.plot(group["x"], group["valid_nll"], marker="o", color=color, label=f"{ordering} (valid)")
         test = pd.to_numeric(group["test_nll"], errors="coerce")
         if test.notna().any():
-            axes.scatter(group["x"][test.notna()], test[test.notna()], marker="s", facecolors="none",
-                         edgecolors=color, s=50, label=f"{ordering} (test)")
+            axes.scatter(
+                group["x"][test.notna()],
+                test[test.notna()],
+                marker="s",
+                facecolors="none",
+                edgecolors=color,
+                s=50,
+                label=f"{ordering} (test)",
+            )
     _reference_lines(axes, paper_nll, None, paper_mask_sampling_nll)
     axes.set_xticks(range(len(labels)), labels)
     axes.set_xlabel("masks used in training")

@@ -309,9 +309,7 @@ class ExperimentFolder:
             try:
                 _upload_file(fs, snapshot, f"{root}/{filename}")
             except Exception as error:
-                raise StorageError(
-                    f"could not upload {database} to {self.remote(filename)}: {describe_error(error)}"
-                ) from None
+                raise StorageError(f"could not upload {database} to {self.remote(filename)}: {describe_error(error)}") from None
 
     def download(self, filename: str, target: Path | None = None) -> bool:
         """Fetch a published file into ``target`` (default: the staging folder); False if absent."""
@@ -353,7 +351,7 @@ class PeriodicUpload:
                     print(f"warning: periodic upload of {self.database} failed ({error}); retrying", file=sys.stderr, flush=True)
                     self._warned = True
 
-    def __enter__(self) -> "PeriodicUpload":
+    def __enter__(self) -> PeriodicUpload:
         if self.folder.is_uri:
             self._thread = threading.Thread(target=self._run, name="made-search-study-upload", daemon=True)
             self._thread.start()

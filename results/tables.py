@@ -175,7 +175,8 @@ def add_reference_columns(best: pd.DataFrame) -> pd.DataFrame:
     ):
         best[column] = pd.Series(
             [np.nan if (paper := lookup(str(d))) is None else paper for d in best["dataset"]],
-            index=best.index, dtype=float,
+            index=best.index,
+            dtype=float,
         )
         best[delta] = test - best[column]
     best["delta_vs_true"] = test - pd.to_numeric(best["true_test_nll"], errors="coerce")
@@ -368,8 +369,8 @@ def render_best_markdown(best: pd.DataFrame) -> str:
         "the lowest **validation** NLL over all experiments of each dataset, evaluated once on",
         "the test set with its mask ensemble (*test masks*; the validation NLL shown uses the same",
         "ensemble). *paper MADE* is Germain et al. (2015)'s best",
-        "\"MADE\" number (a fixed number of masks); *paper MADE mask sampling* is their \"MADE",
-        "mask sampling\" number (a fresh mask every update; — where the paper has none).",
+        '"MADE" number (a fixed number of masks); *paper MADE mask sampling* is their "MADE',
+        'mask sampling" number (a fresh mask every update; — where the paper has none).',
         "Δ vs paper MADE = test − paper MADE (negative: better than the paper); the CSV also",
         "holds `delta_vs_mask_sampling` = test − paper MADE mask sampling.",
         "",

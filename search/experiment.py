@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from made_core.ensembles import choose_test_masks
 from made_core.evaluate import evaluate_nll
 from made_core.hyperparameters import capped_ensemble_size
 from made_core.model import save_model
-from made_core.ensembles import choose_test_masks
 from made_core.train import load_best_model
 from results import schema
 from results.schema import OBJECTIVE

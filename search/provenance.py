@@ -81,4 +81,3 @@ def provenance() -> Provenance:
         "cpu": cpu_model(),
         "gpus": gpu_models(),
     }
-

@@ -27,8 +27,8 @@ from typing import Any
 from made_core.cli import DefaultsHelpFormatter
 from results import schema
 from results.aggregate import DEFAULT_STORAGE, PUBLISHED_FIGURES_DIR, PUBLISHED_TABLES_DIR
-from search.settings import UsageError, read_config
 from results.storage import STAGING_ENV
+from search.settings import UsageError, read_config
 
 EXIT_BAD_INPUT = 2
 EXIT_NO_RESULT = 1
@@ -58,49 +58,83 @@ def parse_duration(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from made_core.ensembles import SAMPLING_TEST_MASK_CHOICES  # torch is loaded by made_core already
 
-    parser = argparse.ArgumentParser(prog="made-search", description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="made-search", description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter
+    )
     add = parser.add_argument
-    add("--config", default=None, metavar="FILE",
-        help="YAML file of settings (keys: these flags' names, dashes or underscores); flags given here override it")
+    add(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="YAML file of settings (keys: these flags' names, dashes or underscores); flags given here override it",
+    )
     add("--dataset", required=True, help="dataset name: mnist, adult, connect4, dna, ..., synthetic-mob, synthetic-tiny")
     add("--space", default="default", help="search space: default, paper, quick, or a .py/.yaml/.json file")
     add("--num-samples", type=int, default=16, help="number of trials")
     add("--max-epochs", type=int, default=200, help="epochs per trial at most (ASHA's max_t)")
-    add("--grace-period", type=int, default=None,
-        help="epochs before ASHA may stop a trial (unset: a fifth of --max-epochs, at least 1)")
+    add(
+        "--grace-period",
+        type=int,
+        default=None,
+        help="epochs before ASHA may stop a trial (unset: a fifth of --max-epochs, at least 1)",
+    )
     add("--patience", type=int, default=30, help="early-stopping patience in epochs (the paper's 30)")
-    add("--time-budget", default=None, help="stop the sweep cleanly after this long (e.g. 30m, 2h) and still report (unset: no limit)")
+    add(
+        "--time-budget",
+        default=None,
+        help="stop the sweep cleanly after this long (e.g. 30m, 2h) and still report (unset: no limit)",
+    )
     add("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved for each trial")
     add("--gpus-per-trial", type=float, default=0.0, help="GPUs for each trial, fractions allowed, e.g. 0.5")
     add("--concurrency", type=int, default=None, help="trials at once (unset: as many as resources allow)")
     add("--address", default=None, help="join a running Ray cluster (e.g. auto or HOST:6379); unset: start Ray here")
     add("--num-cpus", type=int, default=None, help="CPUs for a locally started Ray (unset: all)")
     add("--storage", default=DEFAULT_STORAGE, help="parent folder or URI (s3://bucket/prefix, gs://...) of experiment folders")
-    add("--local-dir", default=None,
+    add(
+        "--local-dir",
+        default=None,
         help=f"URI storage only: local staging folder for the driver's files and the SQLite study "
-             f"(unset: ${STAGING_ENV}, else ~/.cache/made-search/experiments)")
+        f"(unset: ${STAGING_ENV}, else ~/.cache/made-search/experiments)",
+    )
     add("--shared-storage", action="store_true", help="declare a local --storage path shared by every node (e.g. NFS)")
     add("--name", default=None, help="experiment name (unset: <dataset>-<space>-<UTC time>)")
     add("--resume", action="store_true", help="continue the interrupted sweep --name (unset --name: the newest for --dataset)")
     add("--seed", type=int, default=0, help="seed of the sampler and of every trial")
     add("--data-dir", default=None, help="folder of .npz files (unset: $MADE_DATA_DIR, else a cache dir)")
-    add("--test-masks", type=int, default=None,
+    add(
+        "--test-masks",
+        type=int,
+        default=None,
         help="test ensemble size (unset: all K masks of a cycled model; for a mask-sampling model the size "
-             f"among {', '.join(map(str, SAMPLING_TEST_MASK_CHOICES))} with the lowest validation NLL)")
+        f"among {', '.join(map(str, SAMPLING_TEST_MASK_CHOICES))} with the lowest validation NLL)",
+    )
     add("--valid-masks", type=int, default=None, help="validation ensemble size during training (unset: min(num_masks, 8))")
-    add("--optuna-storage", default=None,
-        help="SQLAlchemy URL of the Optuna study, e.g. postgresql://user@host/db (unset: sqlite file in the experiment)")
-    add("--study-name", default=None,
+    add(
+        "--optuna-storage",
+        default=None,
+        help="SQLAlchemy URL of the Optuna study, e.g. postgresql://user@host/db (unset: sqlite file in the experiment)",
+    )
+    add(
+        "--study-name",
+        default=None,
         help="Optuna study name; experiments given the same --optuna-storage and --study-name continue one study "
-             "(unset: the experiment name)")
+        "(unset: the experiment name)",
+    )
     add("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint")
     add("--checkpoint-every", type=int, default=1, help="epochs between trial checkpoints")
-    add("--tracking", choices=tuple(TRACKING_PACKAGES), default=None,
-        help="also log every trial to MLflow or Weights & Biases through Ray Tune's callbacks (extras mlflow, wandb; unset: neither)")
+    add(
+        "--tracking",
+        choices=tuple(TRACKING_PACKAGES),
+        default=None,
+        help="also log every trial to MLflow or Weights & Biases through Ray Tune's callbacks (extras mlflow, wandb; unset: neither)",
+    )
     add("--tables-dir", default=None, help="aggregated tables to refresh at the end (unset: <storage>/tables)")
     add("--figures-dir", default=None, help="figures to refresh at the end (unset: <storage>/figures)")
-    add("--publish", action="store_true",
-        help=f"refresh the project's published {PUBLISHED_TABLES_DIR} and {PUBLISHED_FIGURES_DIR} instead")
+    add(
+        "--publish",
+        action="store_true",
+        help=f"refresh the project's published {PUBLISHED_TABLES_DIR} and {PUBLISHED_FIGURES_DIR} instead",
+    )
     add("--no-tables", action="store_true", help="do not refresh the aggregated tables and figures")
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="debug messages and Ray Tune's own trial table")
@@ -169,7 +203,9 @@ def _check_optuna_url(url: str) -> None:
     try:
         make_url(url)
     except ArgumentError:
-        raise UsageError(f"--optuna-storage {url!r} is not an SQLAlchemy URL (e.g. sqlite:///study.db, postgresql://...)") from None
+        raise UsageError(
+            f"--optuna-storage {url!r} is not an SQLAlchemy URL (e.g. sqlite:///study.db, postgresql://...)"
+        ) from None
 
 
 def _newest_unfinished(storage: str, dataset: str) -> str | None:
@@ -181,7 +217,9 @@ def _newest_unfinished(storage: str, dataset: str) -> str | None:
     except StorageError as error:
         raise UsageError(f"--resume without --name: {error}; pass --name") from None
     candidates = [
-        (str(info.get("started_at", "")), name) for name, info in experiments if isinstance(info, dict) and info.get("dataset") == dataset
+        (str(info.get("started_at", "")), name)
+        for name, info in experiments
+        if isinstance(info, dict) and info.get("dataset") == dataset
     ]
     return max(candidates)[1] if candidates else None
 
@@ -210,7 +248,9 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     _require(args.max_failures >= 0, f"--max-failures must be >= 0, got {args.max_failures}")
     _require(args.test_masks is None or args.test_masks >= 1, f"--test-masks must be >= 1, got {args.test_masks}")
     _require(args.valid_masks is None or args.valid_masks >= 1, f"--valid-masks must be >= 1, got {args.valid_masks}")
-    _require(args.grace_period <= args.max_epochs, f"--grace-period ({args.grace_period}) exceeds --max-epochs ({args.max_epochs})")
+    _require(
+        args.grace_period <= args.max_epochs, f"--grace-period ({args.grace_period}) exceeds --max-epochs ({args.max_epochs})"
+    )
     _require(args.address is None or args.num_cpus is None, "--num-cpus applies to a local Ray only, not with --address")
     if args.tracking is not None:
         package = TRACKING_PACKAGES[args.tracking]
@@ -234,13 +274,23 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             _require(name is not None, f"--resume: no experiment for dataset {dataset} under {storage}")
             folder = ExperimentFolder(storage, name, _staging_root(args))
             marker = folder.remote(schema.EXPERIMENT_FILE)
-            _require(folder.has_file(schema.EXPERIMENT_FILE), f"--resume: {marker} does not exist (is --name or --storage wrong?)")
+            _require(
+                folder.has_file(schema.EXPERIMENT_FILE), f"--resume: {marker} does not exist (is --name or --storage wrong?)"
+            )
             previous = folder.read_json(schema.EXPERIMENT_FILE)
-            _require(previous.get("dataset") == dataset, f"--resume: experiment {name} is for dataset {previous.get('dataset')}, not {dataset}")
+            _require(
+                previous.get("dataset") == dataset,
+                f"--resume: experiment {name} is for dataset {previous.get('dataset')}, not {dataset}",
+            )
         else:
             name = name or f"{dataset}-{Path(args.space).stem}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-            _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) is not None, f"--name {name!r}: use letters, digits, '.', '_' and '-'")
-            _require(name not in schema.STORAGE_OUTPUT_FOLDERS, f"--name {name!r} is reserved for the storage's aggregated outputs")
+            _require(
+                re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) is not None,
+                f"--name {name!r}: use letters, digits, '.', '_' and '-'",
+            )
+            _require(
+                name not in schema.STORAGE_OUTPUT_FOLDERS, f"--name {name!r} is reserved for the storage's aggregated outputs"
+            )
             folder = ExperimentFolder(storage, name, _staging_root(args))
             _require(
                 not folder.exists(),
@@ -300,8 +350,11 @@ def frozen_space(previous: dict[str, Any]) -> Any:
     except SpaceError:
         on_disk = None  # gone or broken: the stored copy is all there is
     if on_disk is not None and on_disk != space.to_data():
-        logger.warning("the search space %s has changed since this sweep started; the resumed sweep uses the space "
-                       "stored in its %s", source, schema.EXPERIMENT_FILE)
+        logger.warning(
+            "the search space %s has changed since this sweep started; the resumed sweep uses the space stored in its %s",
+            source,
+            schema.EXPERIMENT_FILE,
+        )
     return space
 
 
@@ -341,7 +394,13 @@ def _utc_iso(timestamp: float) -> str:
 
 
 def experiment_info(
-    plan: Any, previous: dict[str, Any], status: str, started: float, data: Any, run: dict[str, Any], num_trials: int | None = None
+    plan: Any,
+    previous: dict[str, Any],
+    status: str,
+    started: float,
+    data: Any,
+    run: dict[str, Any],
+    num_trials: int | None = None,
 ) -> schema.ExperimentInfo:
     """experiment.json's fields (``results.schema.ExperimentInfo``). ``started`` is this run's ``time.time()`` at
     its start: the sweep's start unless it resumes an earlier one, whose ``started_at`` is kept.
@@ -388,9 +447,16 @@ def resolved_settings(plan: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     settings = {dest: getattr(args, dest, None) for dest in setting_actions(build_parser())}
     settings.update(
-        dataset=plan.dataset, space=plan.space_source, seed=plan.seed, num_samples=plan.num_samples,
-        max_epochs=plan.max_epochs, grace_period=plan.grace_period, name=plan.name, storage=plan.storage,
-        optuna_storage=plan.optuna_storage, study_name=plan.study_name,
+        dataset=plan.dataset,
+        space=plan.space_source,
+        seed=plan.seed,
+        num_samples=plan.num_samples,
+        max_epochs=plan.max_epochs,
+        grace_period=plan.grace_period,
+        name=plan.name,
+        storage=plan.storage,
+        optuna_storage=plan.optuna_storage,
+        study_name=plan.study_name,
     )
     return settings
 
@@ -415,10 +481,10 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     import ray
 
     from made_core.ensembles import describe_test_mask_choice
+    from results.storage import STUDY_UPLOAD_SECONDS, PeriodicUpload, remove_stale_staging
     from search.api import NoResultError, SweepResult
     from search.experiment import evaluate_best, read_ray_trials, trials_table, write_json, write_trial_files
     from search.provenance import provenance
-    from results.storage import STUDY_UPLOAD_SECONDS, PeriodicUpload, remove_stale_staging
     from search.tuner import ProgressPrinter, make_trainable, make_tuner, restore_tuner
 
     started = time.time()
@@ -439,7 +505,9 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
             logger.info(
                 "note: the Optuna study is SQLite in the local staging folder (%s), uploaded to %s every %.0f minutes "
                 "and at the end; on a cluster prefer --optuna-storage postgresql://...",
-                study_file, folder.remote(schema.STUDY_FILE), STUDY_UPLOAD_SECONDS // 60,
+                study_file,
+                folder.remote(schema.STUDY_FILE),
+                STUDY_UPLOAD_SECONDS // 60,
             )
     experiment_path.mkdir(parents=True, exist_ok=True)
     marker = experiment_path / schema.EXPERIMENT_FILE
@@ -454,8 +522,15 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     tuner = restore_tuner(folder.location, trainable) if resuming else make_tuner(plan, trainable, progress, experiment_path)
     logger.info(
         "sweep %s: %d trials of space %r on %s (%d train rows, D=%d), up to %d epochs each; folder %s%s",
-        plan.name, plan.num_samples, plan.space_source, plan.dataset, data.train.shape[0], data.input_dim, plan.max_epochs,
-        folder.location, f" (staged in {experiment_path})" if folder.is_uri else "",
+        plan.name,
+        plan.num_samples,
+        plan.space_source,
+        plan.dataset,
+        data.train.shape[0],
+        data.input_dim,
+        plan.max_epochs,
+        folder.location,
+        f" (staged in {experiment_path})" if folder.is_uri else "",
     )
     status = "finished"
     study_upload = PeriodicUpload(folder, study_file, schema.STUDY_FILE) if study_file is not None else nullcontext()
@@ -493,8 +568,16 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     choice = f"\n  test ensemble chosen on validation: {describe_test_mask_choice(chosen)}" if len(chosen) > 1 else ""
     logger.info(
         "best trial %s (sweep valid NLL %.3f): with %d mask%s, valid NLL %.3f, test NLL %.3f ± %.3f%s\n  config: %s\n  written: %s",
-        best["trial_id"], best["sweep_valid_nll"], masks, "s" if masks > 1 else "", best["valid_nll"], best["test_nll"],
-        best["test_nll_stderr"], choice, best["config"], folder.remote(schema.BEST_FILE),
+        best["trial_id"],
+        best["sweep_valid_nll"],
+        masks,
+        "s" if masks > 1 else "",
+        best["valid_nll"],
+        best["test_nll"],
+        best["test_nll_stderr"],
+        choice,
+        best["config"],
+        folder.remote(schema.BEST_FILE),
     )
     tables_dir = None
     if not args.no_tables:
@@ -507,7 +590,9 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         except Exception as error:  # noqa: BLE001 - the sweep's own files are written; say how to redo the tables
             logger.error(
                 "refreshing the tables failed (%s: %s); the experiment is complete, rerun: python -m results.aggregate --storage %s",
-                type(error).__name__, error, shlex.quote(plan.storage),
+                type(error).__name__,
+                error,
+                shlex.quote(plan.storage),
             )
         else:
             tables_dir = tables
@@ -547,7 +632,10 @@ def execute(args: argparse.Namespace, command: str) -> Any:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     own_ray = not ray.is_initialized()
     if not own_ray:
-        _require(args.address is None and args.num_cpus is None, "Ray is already initialised in this process: drop --address/--num-cpus")
+        _require(
+            args.address is None and args.num_cpus is None,
+            "Ray is already initialised in this process: drop --address/--num-cpus",
+        )
     elif args.address:
         ray.init(address=args.address, log_to_driver=True)
     else:
@@ -609,8 +697,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     configure_logging(args.verbose, args.quiet)
 
-    from search.api import NoResultError
     from results.storage import StorageError
+    from search.api import NoResultError
 
     try:
         result = execute(args, shlex.join([sys.executable, "-m", "search.run", *argv]))

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from ray import tune
 
+from made_core.config import TrainConfig
 from made_core.files import CheckpointError
 from made_core.hyperparameters import capped_ensemble_size
-from made_core.config import TrainConfig
 from made_core.train import Trainer
 from results.schema import TrialMetrics
 from results.storage import subfolders
@@ -119,7 +119,9 @@ def restore_trainer(checkpoint: tune.Checkpoint, train_data: np.ndarray, valid_d
             with candidate.as_directory() as folder:
                 return Trainer.from_checkpoint(folder, train_data, valid_data, device=device)
         except (CheckpointError, FileNotFoundError) as error:
-            fallback = f"falling back to {candidates[index + 1].path}" if index + 1 < len(candidates) else "starting the trial over"
+            fallback = (
+                f"falling back to {candidates[index + 1].path}" if index + 1 < len(candidates) else "starting the trial over"
+            )
             print(f"warning: checkpoint {candidate.path} unusable ({error}); {fallback}", file=sys.stderr, flush=True)
     return None
 

@@ -7,8 +7,8 @@ import shutil
 import tempfile
 
 import pytest
-
 from driver_processes import ROOT
+from netns_cluster import netns_cluster_factory  # noqa: F401  (a fixture of the multi-host tests)
 
 
 @pytest.fixture

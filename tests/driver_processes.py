@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def start_driver(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> subprocess.Popen:
     """``python -m search.run <argv>`` in ``cwd`` (the repository root), in its own session, output as text."""
     command = [sys.executable, "-m", "search.run", *argv]
-    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def kill_group(process: subprocess.Popen) -> None:

@@ -60,9 +60,9 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PREFIX = f"ms{os.getpid()}_"  # every namespace of this process starts with it
@@ -72,7 +72,7 @@ TMP_BASE = "/tmp"
 
 _counter = 0
 _counter_lock = threading.Lock()
-_live_clusters: "set[NetnsRayCluster]" = set()
+_live_clusters: set[NetnsRayCluster] = set()
 
 
 class NetnsUnavailable(RuntimeError):
@@ -263,9 +263,7 @@ class NetnsRayCluster:
             PYTHONUNBUFFERED="1",
             # The project is importable on every node, as if installed there (Ray
             # workers import trainables by module name).
-            PYTHONPATH=os.pathsep.join(
-                p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
-            ),
+            PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
         )
         if self.fast_failure_detection:
             env.update(
@@ -307,18 +305,25 @@ class NetnsRayCluster:
             _ip("-n", ns, "link", "set", "lo", "up")
             # No IPv6: no router solicitations / DAD chatter, IPv4 only.
             subprocess.run(
-                ["ip", "netns", "exec", ns, "sh", "-c",
-                 "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
-                 "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6"],
-                capture_output=True, check=False, timeout=30,
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sh",
+                    "-c",
+                    "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
+                ],
+                capture_output=True,
+                check=False,
+                timeout=30,
             )
         _ip("-n", self.switch_ns, "link", "add", "br0", "type", "bridge")
         _ip("-n", self.switch_ns, "link", "set", "br0", "up")
         for i, ns in enumerate([self.head_ns, *self.worker_ns], start=1):
             port_dev = f"p{i}"
             # Both ends are created directly inside namespaces: nothing in the root ns.
-            _ip("-n", self.switch_ns, "link", "add", port_dev, "type", "veth",
-                "peer", "name", "eth0", "netns", ns)
+            _ip("-n", self.switch_ns, "link", "add", port_dev, "type", "veth", "peer", "name", "eth0", "netns", ns)
             _ip("-n", self.switch_ns, "link", "set", port_dev, "master", "br0")
             _ip("-n", self.switch_ns, "link", "set", port_dev, "up")
             ip = f"{self.subnet}.{i}"
@@ -327,8 +332,8 @@ class NetnsRayCluster:
             self.nodes[ns] = Node(
                 ns=ns,
                 ip=ip,
-                temp_dir=self.tmp_root / ("h" if ns == self.head_ns else ns[len(self.prefix):]),
-                log_path=self.tmp_root / f"{ns[len(self.prefix):]}.log",
+                temp_dir=self.tmp_root / ("h" if ns == self.head_ns else ns[len(self.prefix) :]),
+                log_path=self.tmp_root / f"{ns[len(self.prefix) :]}.log",
                 is_head=(ns == self.head_ns),
             )
         # Safety net: no namespace may have a route beyond its /24.
@@ -361,8 +366,7 @@ class NetnsRayCluster:
         self._procs.append(proc)
         return proc
 
-    def start_driver(self, argv: Sequence[str], env: Mapping[str, str] | None = None,
-                     **popen_kwargs) -> subprocess.Popen:
+    def start_driver(self, argv: Sequence[str], env: Mapping[str, str] | None = None, **popen_kwargs) -> subprocess.Popen:
         """Start a driver in the head namespace (env: driver_env() + ``env``)."""
         return self.run_in(self.head_ns, argv, self.driver_env(env), **popen_kwargs)
 
@@ -375,38 +379,39 @@ class NetnsRayCluster:
     ) -> subprocess.CompletedProcess:
         """Run a driver in the head namespace to completion; output captured as text.
         On timeout its process group is killed and TimeoutExpired raised."""
-        proc = self.start_driver(argv, env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+        proc = self.start_driver(argv, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             _killpg(proc.pid)
             out, err = proc.communicate()
-            raise subprocess.TimeoutExpired(proc.args, timeout, out, err)
+            raise subprocess.TimeoutExpired(proc.args, timeout, out, err) from None
         res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         if check and res.returncode != 0:
             raise AssertionError(
-                f"driver {list(argv)} exited {res.returncode}\n--- stdout\n{out[-4000:]}"
-                f"\n--- stderr\n{err[-8000:]}"
+                f"driver {list(argv)} exited {res.returncode}\n--- stdout\n{out[-4000:]}\n--- stderr\n{err[-8000:]}"
             )
         return res
 
-    def run_python(self, code: str, timeout: float = 120.0, check: bool = True,
-                   env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run_python(
+        self, code: str, timeout: float = 120.0, check: bool = True, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         """Run a Python snippet as a driver in the head namespace."""
-        return self.run_driver([sys.executable, "-c", textwrap.dedent(code)],
-                               env=env, timeout=timeout, check=check)
+        return self.run_driver([sys.executable, "-c", textwrap.dedent(code)], env=env, timeout=timeout, check=check)
 
     def _start_node(self, node: Node) -> None:
         node.temp_dir.mkdir(parents=True, exist_ok=True)
         cpus = self.cpus_per_node if not node.is_head or self.head_cpus is None else self.head_cpus
         argv = [
-            self.ray_bin, "start",
+            self.ray_bin,
+            "start",
             f"--node-ip-address={node.ip}",
-            f"--num-cpus={cpus}", "--num-gpus=0",
+            f"--num-cpus={cpus}",
+            "--num-gpus=0",
             f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
             f"--temp-dir={node.temp_dir}",
-            "--disable-usage-stats", "--block",
+            "--disable-usage-stats",
+            "--block",
         ]
         if node.is_head:
             argv[2:2] = ["--head", f"--port={self.port}", "--include-dashboard=false"]
@@ -414,25 +419,18 @@ class NetnsRayCluster:
             argv[2:2] = [f"--address={self.address}"]
         env = self.base_env({"RAY_TMPDIR": str(node.temp_dir)})
         with open(node.log_path, "wb") as log:
-            node.proc = self.run_in(node.ns, argv, env, stdout=log,
-                                    stderr=subprocess.STDOUT)
+            node.proc = self.run_in(node.ns, argv, env, stdout=log, stderr=subprocess.STDOUT)
 
     def _wait_ready(self, nodes: Sequence[Node], deadline: float) -> None:
         pending = list(nodes)
         while pending:
             for node in list(pending):
                 if node.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"ray node in {node.ns} exited with {node.proc.returncode}:\n"
-                        f"{node.log_tail()}"
-                    )
+                    raise RuntimeError(f"ray node in {node.ns} exited with {node.proc.returncode}:\n{node.log_tail()}")
                 if _READY_LINE in node.log_path.read_text(errors="replace"):
                     pending.remove(node)
             if pending and time.monotonic() > deadline:
-                raise TimeoutError(
-                    "ray nodes not up in time: "
-                    + "; ".join(f"{n.ns}:\n{n.log_tail()}" for n in pending)
-                )
+                raise TimeoutError("ray nodes not up in time: " + "; ".join(f"{n.ns}:\n{n.log_tail()}" for n in pending))
             if pending:
                 time.sleep(0.2)
 
@@ -448,13 +446,10 @@ class NetnsRayCluster:
         code = _WAIT_SNIPPET.format(alive=alive, dead=dead, timeout=timeout)
         res = self.run_python(code, timeout=timeout + 60, check=False)
         if res.returncode != 0:
-            raise TimeoutError(
-                f"cluster did not reach alive={alive} dead>={dead}:\n{res.stdout[-2000:]}"
-                f"\n{res.stderr[-4000:]}"
-            )
+            raise TimeoutError(f"cluster did not reach alive={alive} dead>={dead}:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
         return json.loads(res.stdout.strip().splitlines()[-1])
 
-    def start(self) -> "NetnsRayCluster":
+    def start(self) -> NetnsRayCluster:
         reason = netns_unavailable_reason()
         if reason is not None:
             raise NetnsUnavailable(reason)
@@ -473,8 +468,7 @@ class NetnsRayCluster:
             for node in workers:
                 self._start_node(node)
             self._wait_ready(workers, deadline)
-            self.wait_for_nodes(alive=1 + self.workers,
-                                timeout=max(5.0, deadline - time.monotonic()))
+            self.wait_for_nodes(alive=1 + self.workers, timeout=max(5.0, deadline - time.monotonic()))
         except BaseException:
             self.teardown()
             raise
@@ -547,7 +541,7 @@ class NetnsRayCluster:
                 shutil.rmtree(self.tmp_root, ignore_errors=True)
             _live_clusters.discard(self)
 
-    def __enter__(self) -> "NetnsRayCluster":
+    def __enter__(self) -> NetnsRayCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

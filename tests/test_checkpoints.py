@@ -19,10 +19,10 @@ import torch
 from ray import tune
 
 from made_core import files
+from made_core.config import TrainConfig
 from made_core.data import load_dataset
 from made_core.files import CheckpointError, atomic_write
 from made_core.model import load_model, save_model
-from made_core.config import TrainConfig
 from made_core.train import CHECKPOINT_FILE, Trainer, load_best_model
 from made_core.train_cli import main
 from results.storage import atomic_write_csv
@@ -80,7 +80,11 @@ def test_a_planted_pickled_object_is_refused_and_never_runs(tmp_path, tiny, load
     else:
         path = trainer.save_checkpoint(tmp_path)
         plant_object(path, "progress", marker)
-        call = (lambda: Trainer.from_checkpoint(tmp_path, tiny.train, tiny.valid)) if loader == "from_checkpoint" else (lambda: load_best_model(tmp_path))
+        call = (
+            (lambda: Trainer.from_checkpoint(tmp_path, tiny.train, tiny.valid))
+            if loader == "from_checkpoint"
+            else (lambda: load_best_model(tmp_path))
+        )
     with pytest.raises(CheckpointError) as raised:
         call()
     message = str(raised.value)
@@ -190,7 +194,9 @@ def full_disk(tmp_path):
         pytest.skip("mounting a tmpfs needs root and mount(8)")
     mount_point = tmp_path / "full"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -222,8 +228,9 @@ def test_a_table_write_into_a_full_filesystem_keeps_the_old_table(full_disk):
 
 
 def test_aggregate_into_a_full_filesystem_exits_with_one_line(full_disk, tmp_path, capsys):
-    from results.aggregate import main as aggregate_main
     from test_results import config, write_experiment
+
+    from results.aggregate import main as aggregate_main
 
     storage = tmp_path / "runs"
     write_experiment(storage, "exp_dna", "dna", [("a_00000", 85.0, config(1, "natural"))], ("a_00000", 85.0, 84.0))

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from driver_processes import ROOT, finish, start_driver
+
 from results import schema
 from search import SweepResult, UsageError, sweep
 from search.provenance import provenance
@@ -29,7 +29,9 @@ def test_console_scripts_are_installed_and_show_help(script):
     done = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "usage:" in done.stdout, done.stderr
     # The python -m form keeps working and says the same.
-    module = subprocess.run([sys.executable, "-m", SCRIPTS[script], "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    module = subprocess.run(
+        [sys.executable, "-m", SCRIPTS[script], "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert module.returncode == 0 and module.stdout == done.stdout
 
 
@@ -109,12 +111,24 @@ def test_resume_uses_the_space_stored_in_the_experiment(tmp_path, caplog):
     space_file = tmp_path / "mine.yaml"
     space_file.write_text("params:\n  hidden_units: {choice: [16, 32]}\nfixed: {num_masks: 1}\n")
     runs = tmp_path / "runs"
-    plan, _ = make_plan(parse_args(["--dataset", "synthetic-tiny", "--space", str(space_file), "--storage", str(runs), "--name", "mine"]))
+    plan, _ = make_plan(
+        parse_args(["--dataset", "synthetic-tiny", "--space", str(space_file), "--storage", str(runs), "--name", "mine"])
+    )
     stored = plan.space.to_data()
     (runs / "mine").mkdir(parents=True)
     (runs / "mine" / schema.EXPERIMENT_FILE).write_text(
-        json.dumps({"experiment": "mine", "dataset": "synthetic-tiny", "space": str(space_file), "space_data": stored,
-                    "seed": 0, "num_samples": 4, "max_epochs": 3, "status": "interrupted"})  # fmt: skip
+        json.dumps(
+            {
+                "experiment": "mine",
+                "dataset": "synthetic-tiny",
+                "space": str(space_file),
+                "space_data": stored,
+                "seed": 0,
+                "num_samples": 4,
+                "max_epochs": 3,
+                "status": "interrupted",
+            }
+        )  # fmt: skip
     )
     space_file.write_text("params:\n  hidden_units: {choice: [64, 128]}\nfixed: {num_masks: 4}\n")  # edited since
     search_logger = logging.getLogger("search")  # the CLI's own handlers may keep it from propagating
@@ -173,13 +187,17 @@ def test_smoke_sweep_in_a_clean_checkout_leaves_it_clean(tmp_path, ray_env):
         pytest.skip("the project is not a git checkout here, so there is no clean clone to make")
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
-    head = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     process = start_driver(["-q", "--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "2", "--max-epochs", "2",
                             "--name", "smoke", "--num-cpus", "2"], dict(ray_env, PYTHONPATH=str(clone)), cwd=clone)  # fmt: skip
     output = finish(process, timeout=600)
     assert process.returncode == 0, output
     assert "sweep smoke" not in output and "best trial" not in output, output  # -q: warnings and errors only
-    status = subprocess.run(["git", "-C", str(clone), "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True)
+    status = subprocess.run(
+        ["git", "-C", str(clone), "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True
+    )
     assert status.stdout == "", status.stdout
     info = json.loads((clone / "runs" / "smoke" / schema.EXPERIMENT_FILE).read_text())
     assert (info["provenance"]["git_commit"], info["provenance"]["git_dirty"]) == (head, False)

@@ -34,11 +34,11 @@ from netns_cluster import (  # noqa: E402
     PREFIX,
     _pid_alive,
     list_namespaces,
-    netns_cluster_factory,  # noqa: F401  (pytest fixture)
     netns_ray_cluster,
     pids_mentioning,
     require_netns,
 )
+
 from results import schema  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -82,8 +82,7 @@ print(json.dumps({"reachable": reachable}))
 
 
 def host_ipv4_addresses() -> list[str]:
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True).stdout
     return [line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3]
 
 
@@ -120,8 +119,11 @@ def test_tasks_spread_over_three_hosts(tmp_path):
         res = cluster.run_driver(["python", str(script)], timeout=120)
         out = json.loads(res.stdout.strip().splitlines()[-1])
         unreachable = cluster.run_in(
-            cluster.worker_ns[0], ["python", "-c", ISOLATION_PROBE, *host_ipv4_addresses()],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cluster.worker_ns[0],
+            ["python", "-c", ISOLATION_PROBE, *host_ipv4_addresses()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         ).communicate(timeout=30)[0]
         pids = cluster.started_pids()
         host_netns = os.readlink("/proc/self/ns/net")
@@ -195,13 +197,15 @@ def test_worker_host_killed_mid_run(tmp_path, netns_cluster_factory):
     driver = cluster.start_driver(
         ["python", str(script)],
         env={"MARK_DIR": str(marks)},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     line = driver.stdout.readline()
     if line.strip() != "RUNNING_ON_ALL":
         driver.kill()
-        pytest.fail(f"driver did not start tasks on all hosts: {line!r}\n"
-                    f"{driver.communicate(timeout=30)}")
+        pytest.fail(f"driver did not start tasks on all hosts: {line!r}\n{driver.communicate(timeout=30)}")
     t_kill = time.monotonic()
     cluster.kill_node(victim)
     driver.stdin.write("go\n")
@@ -368,21 +372,22 @@ def test_sweep_survives_a_worker_host_killed_mid_trial(tmp_path, netns_cluster_f
     reader.start()
 
     def finished_ids() -> list[str]:
-        return [l.split(" trial ")[1].split()[0] for _, l in list(lines) if " finished after " in l]
+        return [line.split(" trial ")[1].split()[0] for _, line in list(lines) if " finished after " in line]
 
     # Wait until a trial has finished and another is mid-training on a worker host (with a
     # few checkpointed epochs behind it and a few still to go), then crash that host.
     victim = watched = None
     deadline = time.monotonic() + 300
     while victim is None:
-        assert driver.poll() is None, "sweep ended before a worker could be killed:\n" + "".join(l for _, l in lines)[-6000:]
-        assert time.monotonic() < deadline, "no trial mid-training on a worker:\n" + "".join(l for _, l in lines)[-6000:]
+        assert driver.poll() is None, (
+            "sweep ended before a worker could be killed:\n" + "".join(line for _, line in lines)[-6000:]
+        )
+        assert time.monotonic() < deadline, "no trial mid-training on a worker:\n" + "".join(line for _, line in lines)[-6000:]
         if finished_ids():
             for trial_dir in sorted(experiment.glob("trial_*")):
                 history = read_history(trial_dir)
                 last = history[-1] if history else {}
-                if (last.get("node_ip") in worker_ips and not last.get("done")
-                        and 3 <= last.get("epoch", 0) <= max_epochs - 4):
+                if last.get("node_ip") in worker_ips and not last.get("done") and 3 <= last.get("epoch", 0) <= max_epochs - 4:
                     victim, watched = worker_ips[last["node_ip"]], trial_dir.name.removeprefix("trial_")
                     break
         time.sleep(0.2)
@@ -396,7 +401,7 @@ def test_sweep_survives_a_worker_host_killed_mid_trial(tmp_path, netns_cluster_f
         driver.wait(timeout=480)
     finally:
         reader.join(timeout=10)
-    output = "".join(l for _, l in lines)
+    output = "".join(line for _, line in lines)
     driver_s, after_kill_s = time.monotonic() - t1, time.monotonic() - t_kill
     assert driver.returncode == 0, output[-8000:]
 

@@ -14,14 +14,16 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-
 from driver_processes import finish, kill_after_finished, start_driver
+
 from results import schema
 
 
 def _server_binaries() -> Path | None:
     """The folder holding initdb and pg_ctl (Debian keeps them off PATH, under /usr/lib/postgresql/<version>/bin)."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0
+    )
     if found:
         return found[-1].parent
     initdb = shutil.which("initdb")

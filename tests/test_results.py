@@ -124,19 +124,28 @@ def storage(tmp_path: Path) -> Path:
     root = tmp_path / "runs"
     root.mkdir()
     write_experiment(
-        root, "exp_dna_a", "dna",
-        [("a_00000", 85.0, config(1, "natural")), ("a_00001", 86.0, config(8, "random")),
-         ("a_00002", 88.0, config(0, "agnostic"))],
+        root,
+        "exp_dna_a",
+        "dna",
+        [
+            ("a_00000", 85.0, config(1, "natural")),
+            ("a_00001", 86.0, config(8, "random")),
+            ("a_00002", 88.0, config(0, "agnostic")),
+        ],
         ("a_00000", 85.0, 84.0),
     )
     write_experiment(
-        root, "exp_dna_b", "dna",
+        root,
+        "exp_dna_b",
+        "dna",
         [("b_00000", 84.5, config(0, "agnostic", hidden_units=1000)), ("b_00001", 87.0, config(1, "natural"))],
         ("b_00000", 84.5, 86.0),
         extra_info={"data_note": "stand-in dna file"},
     )
     write_experiment(
-        root, "exp_synth", "synthetic_mixture",
+        root,
+        "exp_synth",
+        "synthetic_mixture",
         [("s_00000", 20.5, config(1, "natural")), ("s_00001", 20.1, config(4, "random"))],
         ("s_00001", 20.1, 20.3),
         extra_info={"true_test_nll": 20.0},
@@ -318,8 +327,15 @@ def test_empty_storage_gives_header_only_tables(tmp_path: Path, caplog):
 def test_cli_on_missing_and_empty_storage(tmp_path: Path, capsys):
     (tmp_path / "empty").mkdir()
     status = main(
-        ["--storage", str(tmp_path / "empty"), "--storage", str(tmp_path / "missing"),
-         "--tables-dir", str(tmp_path / "tables"), "--no-figures"]
+        [
+            "--storage",
+            str(tmp_path / "empty"),
+            "--storage",
+            str(tmp_path / "missing"),
+            "--tables-dir",
+            str(tmp_path / "tables"),
+            "--no-figures",
+        ]
     )
     assert status == 0
     assert "no experiments found" in capsys.readouterr().out
@@ -346,8 +362,7 @@ def test_merge_keeps_other_storages_and_replace_drops_them(storage: Path, tmp_pa
 def test_mnist_row_has_made_but_no_mask_sampling_number(tmp_path: Path):
     root = tmp_path / "runs"
     root.mkdir()
-    write_experiment(root, "exp_mnist", "binarized_mnist", [("m_00000", 88.0, config(32, "random"))],
-                     ("m_00000", 88.0, 87.5))
+    write_experiment(root, "exp_mnist", "binarized_mnist", [("m_00000", 88.0, config(32, "random"))], ("m_00000", 88.0, 87.5))
     aggregate([root], tmp_path / "tables", None)
     best = pd.read_csv(tmp_path / "tables" / schema.BEST_TABLE).set_index("dataset")
     assert list(best.index) == ["mnist"]
@@ -365,15 +380,28 @@ def test_merge_with_an_older_best_table_recomputes_paper_columns(tmp_path: Path)
     tables.mkdir()
     old_columns = [c for c in schema.BEST_TABLE_COLUMNS if c not in ("paper_mask_sampling_nll", "delta_vs_mask_sampling")]
     old_columns[old_columns.index("delta_vs_paper") + 1 : old_columns.index("delta_vs_paper") + 1] = [
-        "hidden_layers", "hidden_units", "num_masks", "ordering",
+        "hidden_layers",
+        "hidden_units",
+        "num_masks",
+        "ordering",
     ]
     old_columns += list(schema.BEST_TABLE_EXTRA_COLUMNS)
     old_row = {
-        "dataset": "dna", "test_nll": 84.0, "test_nll_stderr": 0.3, "valid_nll": 84.2,
-        "paper_made_nll": 79.66, "delta_vs_paper": 84.0 - 79.66,
-        "hidden_layers": 1, "hidden_units": 500, "num_masks": 0, "ordering": "agnostic",
-        "experiment": "exp_old_dna", "trial_id": "o_00000", "finished_at": "2025-01-01T00:00:00Z",
-        "sweep_wall_seconds": 754.0, "sweep_num_trials": 40,
+        "dataset": "dna",
+        "test_nll": 84.0,
+        "test_nll_stderr": 0.3,
+        "valid_nll": 84.2,
+        "paper_made_nll": 79.66,
+        "delta_vs_paper": 84.0 - 79.66,
+        "hidden_layers": 1,
+        "hidden_units": 500,
+        "num_masks": 0,
+        "ordering": "agnostic",
+        "experiment": "exp_old_dna",
+        "trial_id": "o_00000",
+        "finished_at": "2025-01-01T00:00:00Z",
+        "sweep_wall_seconds": 754.0,
+        "sweep_num_trials": 40,
     }
     pd.DataFrame([old_row], columns=old_columns).to_csv(tables / schema.BEST_TABLE, index=False)
     other = tmp_path / "other"
@@ -444,7 +472,12 @@ def test_markdown_agrees_with_csv(storage: Path, tmp_path: Path):
         assert cells[10] == f"{row['experiment']} / {row['trial_id']}"
     header = next(line for line in text.splitlines() if line.startswith("| dataset"))
     assert [c.strip() for c in header.strip().strip("|").split(" | ")][1:7] == [
-        "test NLL ± stderr", "test masks", "valid NLL", "paper MADE", "paper MADE mask sampling", "Δ vs paper MADE",
+        "test NLL ± stderr",
+        "test masks",
+        "valid NLL",
+        "paper MADE",
+        "paper MADE mask sampling",
+        "Δ vs paper MADE",
     ]
     assert rows["dna"][4:7] == ["83.63", "79.66", "+2.37"]
     assert "1×1000, mask sampling, agnostic" in rows["dna"][7]
@@ -524,7 +557,6 @@ def test_samples_figure_with_a_model(tmp_path: Path):
     if not data_dir or not (Path(data_dir) / "binarized_mnist.npz").exists():
         pytest.skip("binarized_mnist.npz not in $MADE_DATA_DIR (never download in a unit test)")
     from made_core.model import MADE, save_model
-
     from results.samples import samples_figure
 
     model = MADE(784, [16], num_masks=1, ordering="natural")
@@ -600,7 +632,9 @@ def test_concurrent_aggregations_never_corrupt_tables(tmp_path: Path):
 def test_tables_carry_each_rows_commit_and_old_tables_still_merge(tmp_path: Path):
     runs = tmp_path / "runs"
     provenance = {"provenance": {"git_commit": "0123456789abcdef0123456789abcdef01234567", "git_dirty": True}}
-    write_experiment(runs, "new", "dna", [("n_00000", 84.0, config(1, "natural"))], ("n_00000", 84.0, 85.0), extra_info=provenance)
+    write_experiment(
+        runs, "new", "dna", [("n_00000", 84.0, config(1, "natural"))], ("n_00000", 84.0, 85.0), extra_info=provenance
+    )
     write_experiment(runs, "old", "mushrooms", [("o_00000", 9.9, config(1, "natural"))], ("o_00000", 9.9, 9.8))
     (runs / "tables").mkdir()  # the storage's own aggregated outputs are not an experiment
     tables = tmp_path / "tables"

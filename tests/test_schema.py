@@ -68,7 +68,9 @@ def test_schema_tuples_come_from_the_types():
     assert set(schema.CURVE_METRICS) <= set(schema.TRIAL_METRICS)
     assert schema.CURVE_COLUMNS == ("trial_id", *schema.CURVE_METRICS)
     assert set(schema.TRIAL_NUMERIC_COLUMNS) <= set(schema.TRIAL_COLUMNS) and "node_ip" not in schema.TRIAL_NUMERIC_COLUMNS
-    assert schema.EXPERIMENT_KEYS + schema.EXPERIMENT_RUN_KEYS + schema.EXPERIMENT_OPTIONAL_KEYS == tuple(schema.ExperimentInfo.__annotations__)
+    assert schema.EXPERIMENT_KEYS + schema.EXPERIMENT_RUN_KEYS + schema.EXPERIMENT_OPTIONAL_KEYS == tuple(
+        schema.ExperimentInfo.__annotations__
+    )
     assert schema.BEST_KEYS + schema.BEST_OPTIONAL_KEYS == tuple(schema.BestTrial.__annotations__)
     assert schema.EXPERIMENT_KEYS[:2] == ("experiment", "dataset") and "optuna_storage" in schema.EXPERIMENT_RUN_KEYS
 
@@ -109,7 +111,11 @@ def test_experiment_folder_written_is_the_schema_and_reads_back(trial, tiny, tmp
     assert Path(best["checkpoint_path"]) == folder / schema.BEST_MODEL_FOLDER and (folder / schema.BEST_MODEL_FOLDER).is_dir()
 
     experiment = read_experiment(folder)
-    assert experiment.problems == [] and experiment.dataset == "synthetic-tiny" and experiment.hyperparameters == order_hyperparameters(CONFIG)
+    assert (
+        experiment.problems == []
+        and experiment.dataset == "synthetic-tiny"
+        and experiment.hyperparameters == order_hyperparameters(CONFIG)
+    )
     assert experiment.best is not None and experiment.best["trial_id"] == trial.trial_id
     assert experiment.curves is not None and list(experiment.curves.columns) == list(schema.CURVE_COLUMNS)
     assert experiment.info["optuna_storage"] == plan.optuna_storage  # what --resume reads back

@@ -14,12 +14,11 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-
 from driver_processes import finish, kill_after_finished, kill_group, start_driver
+
 from results import schema
 from search.run import UsageError, main, parse_duration
 from spaces import HYPERPARAMETERS
-
 
 
 def start_sweep(tmp_path: Path, env: dict, *extra: str) -> subprocess.Popen:
@@ -213,8 +212,8 @@ def test_gpus_requested_on_cpu_cluster_exits_2(tmp_path, ray_env):
 
 
 def test_trials_cut_short_are_pruned_for_optuna():
-    from spaces import get_space
     from search.tuner import MadeOptunaSearch
+    from spaces import get_space
 
     searcher = MadeOptunaSearch(max_epochs=10, space=get_space("quick").define_by_run(), metric="best_valid_nll",
                                 mode="min", sampler=optuna.samplers.TPESampler(seed=0))  # fmt: skip

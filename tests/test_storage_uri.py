@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from driver_processes import ROOT, finish, kill_group, start_driver
+
 from results import schema
 from results.aggregate import aggregate
 from results.storage import (
@@ -67,8 +67,8 @@ def s3_uri(port: int, bucket: str = BUCKET, prefix: str = "runs") -> str:
 def moto_port():
     """A moto S3 server on 127.0.0.1:<free port> holding an empty bucket BUCKET."""
     try:
-        import moto.server  # noqa: F401
         import flask  # noqa: F401  (moto's server mode needs its [server] extra)
+        import moto.server  # noqa: F401
     except ImportError as error:
         pytest.skip(f"moto[server] is not installed ({error}); pip install -e '.[dev]'")
     port = free_port()
@@ -130,7 +130,10 @@ def read_object(port: int, prefix: str, relative: str) -> bytes:
 def test_join_and_normalize_keep_the_query():
     uri = "s3://bucket/a/?endpoint_override=127.0.0.1:9000&scheme=http"
     assert normalize_storage(uri) == "s3://bucket/a?endpoint_override=127.0.0.1:9000&scheme=http"
-    assert join_uri(normalize_storage(uri), "exp", "best.json") == "s3://bucket/a/exp/best.json?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert (
+        join_uri(normalize_storage(uri), "exp", "best.json")
+        == "s3://bucket/a/exp/best.json?endpoint_override=127.0.0.1:9000&scheme=http"
+    )
     assert join_uri("s3://bucket", "exp") == "s3://bucket/exp"
     assert normalize_storage("file:///tmp/x/../y") == "/tmp/y"
 
@@ -183,7 +186,9 @@ def test_experiment_folder_publishes_reads_and_lists(moto_port, aws_env, tmp_pat
     folder = ExperimentFolder(uri, "exp1")
     assert not folder.exists() and not folder.has_file(schema.EXPERIMENT_FILE)
     folder.local_path.mkdir(parents=True)
-    (folder.local_path / schema.EXPERIMENT_FILE).write_text(json.dumps({"dataset": "dna", "started_at": "2026-01-01T00:00:00+00:00"}))
+    (folder.local_path / schema.EXPERIMENT_FILE).write_text(
+        json.dumps({"dataset": "dna", "started_at": "2026-01-01T00:00:00+00:00"})
+    )
     (folder.local_path / "best_model").mkdir()
     (folder.local_path / "best_model" / "model.pt").write_bytes(b"\0weights.gz")  # no compression guessing
     folder.publish(schema.EXPERIMENT_FILE, "best_model", schema.BEST_FILE)  # best.json absent: skipped
@@ -286,7 +291,14 @@ def test_sweep_to_s3_uri_publishes_everything_and_resumes(moto_port, tmp_path, s
     assert code == 0, output
     assert "--optuna-storage postgresql://" in output  # the note about the SQLite study
     files = bucket_files(moto_port, "sweeps")
-    for name in (schema.EXPERIMENT_FILE, schema.TRIALS_FILE, schema.CURVES_FILE, schema.BEST_FILE, "best_model/model.pt", schema.STUDY_FILE):
+    for name in (
+        schema.EXPERIMENT_FILE,
+        schema.TRIALS_FILE,
+        schema.CURVES_FILE,
+        schema.BEST_FILE,
+        "best_model/model.pt",
+        schema.STUDY_FILE,
+    ):
         assert files.get(f"tiny-s3/{name}", 0) > 0, (name, sorted(files))
     # Ray's own files: experiment state and every trial's checkpoints, written through pyarrow.
     assert any(path.startswith("tiny-s3/experiment_state") for path in files), sorted(files)

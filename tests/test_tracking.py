@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from driver_processes import finish, start_driver
+
 from results import schema
 
 TINY = ["--dataset", "synthetic-tiny", "--space", "quick", "--max-epochs", "2", "--num-cpus", "2", "--no-tables"]
@@ -41,7 +41,9 @@ def test_wandb_tracking_offline(tmp_path, ray_env):
     wandb_dir = tmp_path / "wandb-files"
     wandb_dir.mkdir()
     env = dict(ray_env, WANDB_MODE="offline", WANDB_DIR=str(wandb_dir), WANDB_SILENT="true")
-    process = start_driver([*TINY, "--num-samples", "2", "--name", "wb", "--storage", str(tmp_path / "runs"), "--tracking", "wandb"], env)
+    process = start_driver(
+        [*TINY, "--num-samples", "2", "--name", "wb", "--storage", str(tmp_path / "runs"), "--tracking", "wandb"], env
+    )
     output = finish(process, timeout=600)
     assert process.returncode == 0, output
     offline_runs = list(wandb_dir.glob("wandb/offline-run-*"))
