@@ -47,7 +47,7 @@ def fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], mode: int = 0o644) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object], mode: int = 0o644) -> Path:
     """Call ``write(temp_path)``, then move the result onto ``path`` durably and atomically.
 
     ``write`` may raise (its error propagates after the temporary file is removed), and so
@@ -56,7 +56,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], mode: int = 0o
     return atomic_write_all({Path(path): write}, mode)[0]
 
 
-def atomic_write_all(writes: Mapping[Path, Callable[[Path], None]], mode: int = 0o644) -> list[Path]:
+def atomic_write_all(writes: Mapping[Path, Callable[[Path], object]], mode: int = 0o644) -> list[Path]:
     """``atomic_write`` for several files that belong together (a set of tables).
 
     Every file is written and synced to its temporary name first; only when all of them

@@ -277,7 +277,8 @@ def aggregate(
     for a bad experiment folder: it is skipped with a warning and listed in ``skipped``.
     """
     with local_storages(list(storages)) as local:
-        return _aggregate(local, tables_dir, figures_dir, merge=merge, samples=samples)
+        figures = None if figures_dir is None else Path(figures_dir)
+        return _aggregate(local, Path(tables_dir), figures, merge=merge, samples=samples)
 
 
 def _aggregate(

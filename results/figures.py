@@ -30,9 +30,9 @@ import pandas as pd  # noqa: E402
 
 from made_core.files import atomic_write  # noqa: E402
 
-PAPER_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.0}
-PAPER_MASK_SAMPLING_STYLE = {"color": "dimgray", "linestyle": "-.", "linewidth": 1.0}
-TRUE_STYLE = {"color": "tab:green", "linestyle": ":", "linewidth": 1.2}
+PAPER_STYLE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth": 1.0}
+PAPER_MASK_SAMPLING_STYLE: dict[str, Any] = {"color": "dimgray", "linestyle": "-.", "linewidth": 1.0}
+TRUE_STYLE: dict[str, Any] = {"color": "tab:green", "linestyle": ":", "linewidth": 1.2}
 
 
 def save_figure(figure: plt.Figure, path: Path) -> Path:

@@ -99,8 +99,8 @@ def samples_figure(dataset: str, checkpoint_dir: Path, path: Path, *, title: str
         model.eval()
         generator = torch.Generator(device=model.device)
         generator.manual_seed(SAMPLES_SEED)
-        samples = model.sample(GRID_SIDE * GRID_SIDE, mask_index=0, generator=generator)
-        samples = samples.detach().cpu().numpy().astype(np.float32)
+        drawn = model.sample(GRID_SIDE * GRID_SIDE, mask_index=0, generator=generator)
+        samples = drawn.detach().cpu().numpy().astype(np.float32)
         splits = load_dataset(dataset, download=False)  # never download in an aggregation
         train = np.asarray(splits.train, dtype=np.float32)
     except Exception as error:  # a missing file or a damaged model must not stop the tables

@@ -178,6 +178,7 @@ def evaluate_best(
     best = best_trial(records)
     if best is None:
         return None
+    assert best.checkpoint is not None  # best_trial picks only trials with a checkpoint
     with best.checkpoint.as_directory() as checkpoint_folder:
         model = load_best_model(checkpoint_folder)
     requested = None if test_masks is None else capped_ensemble_size(test_masks, model.num_masks)

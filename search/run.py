@@ -272,6 +272,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         if args.resume:
             name = name or _newest_unfinished(storage, dataset)
             _require(name is not None, f"--resume: no experiment for dataset {dataset} under {storage}")
+            assert name is not None  # _require raised otherwise
             folder = ExperimentFolder(storage, name, _staging_root(args))
             marker = folder.remote(schema.EXPERIMENT_FILE)
             _require(
@@ -656,7 +657,7 @@ class _CurrentStream(logging.StreamHandler):
         self._name = name
 
     @property
-    def stream(self) -> Any:  # type: ignore[override]
+    def stream(self) -> Any:
         return getattr(sys, self._name)
 
     @stream.setter

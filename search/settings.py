@@ -55,7 +55,7 @@ def _checked_value(action: argparse.Action, value: Any, where: str) -> Any:
     else:  # a text option; a number is its text (``time_budget: 90``)
         ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
     if not ok:
-        expected = {int: "an integer", float: "a number"}.get(kind, "text")
+        expected = "an integer" if kind is int else "a number" if kind is float else "text"
         raise UsageError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
     converted = kind(value) if kind in (int, float) else str(value)
     if action.choices is not None and converted not in action.choices:

@@ -98,6 +98,7 @@ class MadeOptunaSearch(OptunaSearch):
         if cut_short and trial_id in self._ot_trials and trial_id not in self._completed_trials:
             import optuna
 
+            assert self._ot_study is not None  # set up by OptunaSearch before any result
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return

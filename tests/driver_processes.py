@@ -49,6 +49,7 @@ def kill_after_finished(process: subprocess.Popen, count: int, timeout: float = 
     finished: list[str] = []
     lines: list[str] = []
     deadline = time.monotonic() + timeout
+    assert process.stdout is not None, "start the driver with stdout=PIPE"
     try:
         for line in process.stdout:
             lines.append(line)

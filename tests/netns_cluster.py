@@ -293,6 +293,7 @@ class NetnsRayCluster:
         """A directory every node sees at the same path (the namespaces share the
         host's filesystem): a truthful ``--storage DIR --shared-storage``. Removed
         at teardown."""
+        assert self.tmp_root is not None, "the cluster is not started"
         path = self.tmp_root / "shared" / name
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -329,6 +330,7 @@ class NetnsRayCluster:
             ip = f"{self.subnet}.{i}"
             _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
             _ip("-n", ns, "link", "set", "eth0", "up")
+            assert self.tmp_root is not None
             self.nodes[ns] = Node(
                 ns=ns,
                 ip=ip,
@@ -425,6 +427,7 @@ class NetnsRayCluster:
         pending = list(nodes)
         while pending:
             for node in list(pending):
+                assert node.proc is not None, f"ray node in {node.ns} was never started"
                 if node.proc.poll() is not None:
                     raise RuntimeError(f"ray node in {node.ns} exited with {node.proc.returncode}:\n{node.log_tail()}")
                 if _READY_LINE in node.log_path.read_text(errors="replace"):
@@ -595,7 +598,7 @@ atexit.register(_teardown_all)
 try:
     import pytest
 except ImportError:  # pragma: no cover - the harness works without pytest
-    pytest = None
+    pytest = None  # type: ignore[assignment]
 
 if pytest is not None:
 

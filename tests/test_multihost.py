@@ -252,7 +252,7 @@ def cluster_ips(cluster) -> dict[str, str]:
 def read_history(trial_dir: Path) -> list[dict]:
     """Every result Ray logged for a trial, in order (result.json is appended to across
     retries). A line still being written is skipped."""
-    rows = []
+    rows: list[dict] = []
     path = trial_dir / "result.json"
     if not path.exists():
         return rows
