@@ -43,7 +43,7 @@ class ExperimentCore(TypedDict):
     dataset: str  # canonical dataset name (made_core.data)
     space: str  # search space name or path
     seed: int
-    num_samples: int
+    num_samples: int | None  # None: trials until the time budget was spent
     max_epochs: int
     status: str  # running | finished | interrupted | failed
     started_at: str  # ISO 8601 UTC

@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--dataset", required=True, help="dataset name: mnist, adult, connect4, dna, ..., synthetic-mob, synthetic-tiny")
     add("--space", default="default", help="search space: default, paper, quick, or a .py/.yaml/.json file")
-    add("--num-samples", type=int, default=16, help="number of trials")
+    add(
+        "--num-samples",
+        type=int,
+        default=None,
+        help=f"number of trials (unset: {DEFAULT_NUM_SAMPLES}; with --time-budget, as many as the budget holds)",
+    )
     add("--max-epochs", type=int, default=200, help="epochs per trial at most (ASHA's max_t)")
     add(
         "--grace-period",
@@ -224,6 +229,17 @@ def _newest_unfinished(storage: str, dataset: str) -> str | None:
     return max(candidates)[1] if candidates else None
 
 
+DEFAULT_NUM_SAMPLES = 16
+
+
+def trial_count(num_samples: int | None, time_budget_seconds: float | None) -> int | None:
+    """The sweep's trial count: as given; unset with a time budget, None (trials keep coming
+    until the budget is spent); unset without one, DEFAULT_NUM_SAMPLES."""
+    if num_samples is not None:
+        return num_samples
+    return None if time_budget_seconds is not None else DEFAULT_NUM_SAMPLES
+
+
 def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Validate the command line into a SweepPlan (and the experiment.json of a resumed sweep)."""
     from made_core.data import DatasetError, canonical_name
@@ -236,6 +252,8 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         args.grace_period = max(1, args.max_epochs // 5)
     for flag in ("num_samples", "max_epochs", "grace_period", "patience", "checkpoint_every"):
         value = getattr(args, flag)
+        if value is None:  # --num-samples unset
+            continue
         _require(value >= 1, f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
     _require(args.cpus_per_trial > 0, f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
     _require(args.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
@@ -310,13 +328,18 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     # local staging folder (uploaded as a copy at the end).
     optuna_storage = args.optuna_storage or previous.get("optuna_storage") or _default_optuna_storage(folder.local_path)
     _check_optuna_url(optuna_storage)
+    num_samples = previous["num_samples"] if "num_samples" in previous else trial_count(args.num_samples, time_budget)
+    _require(
+        num_samples is not None or time_budget is not None,
+        f"{name} runs trials until its time budget is spent: give --time-budget to resume it",
+    )
     plan = SweepPlan(
         dataset=dataset,
         space=space,
         space_source=space_source,
         name=name,
         storage=storage,
-        num_samples=int(previous.get("num_samples", args.num_samples)),
+        num_samples=num_samples,
         max_epochs=int(previous.get("max_epochs", args.max_epochs)),
         grace_period=args.grace_period,
         patience=args.patience,
@@ -434,7 +457,8 @@ def experiment_info(
     if num_trials is not None:
         info["num_trials"] = num_trials
         # The time budget can end a sweep before every trial ran; the sweep still reports.
-        info["stopped_by_time_budget"] = status == "finished" and num_trials < plan.num_samples
+        # Without a trial count only the budget ends a sweep.
+        info["stopped_by_time_budget"] = status == "finished" and (plan.num_samples is None or num_trials < plan.num_samples)
     if data.true_test_nll is not None:
         info["true_test_nll"] = data.true_test_nll
     if data.description:
@@ -522,9 +546,9 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         resuming = False
     tuner = restore_tuner(folder.location, trainable) if resuming else make_tuner(plan, trainable, progress, experiment_path)
     logger.info(
-        "sweep %s: %d trials of space %r on %s (%d train rows, D=%d), up to %d epochs each; folder %s%s",
+        "sweep %s: %s of space %r on %s (%d train rows, D=%d), up to %d epochs each; folder %s%s",
         plan.name,
-        plan.num_samples,
+        f"{plan.num_samples} trials" if plan.num_samples is not None else f"trials until the {args.time_budget} budget is spent",
         plan.space_source,
         plan.dataset,
         data.train.shape[0],

@@ -35,7 +35,7 @@ class SweepPlan:
     space_source: str  # the name or path given on the command line
     name: str
     storage: str
-    num_samples: int
+    num_samples: int | None  # None: trials until the time budget is spent
     max_epochs: int
     grace_period: int
     patience: int
@@ -110,7 +110,7 @@ def make_searcher(plan: SweepPlan) -> OptunaSearch:
     import optuna
 
     # Few random start-up trials for short sweeps, so most of the budget is guided.
-    startup_trials = max(4, min(10, plan.num_samples // 3))
+    startup_trials = 10 if plan.num_samples is None else max(4, min(10, plan.num_samples // 3))
     sampler = optuna.samplers.TPESampler(
         seed=plan.seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=startup_trials
     )
@@ -160,7 +160,7 @@ def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback, experim
         mode="min",
         search_alg=make_searcher(plan),
         scheduler=scheduler,
-        num_samples=plan.num_samples,
+        num_samples=-1 if plan.num_samples is None else plan.num_samples,  # -1: until time_budget_s ends the sweep
         max_concurrent_trials=plan.concurrency,
         time_budget_s=plan.time_budget_seconds,
         trial_dirname_creator=trial_dirname,
@@ -191,8 +191,8 @@ class ProgressPrinter(tune.Callback):
     counts are recomputed from the trial list Ray passes in.
     """
 
-    def __init__(self, num_samples: int) -> None:
-        self.num_samples = num_samples
+    def __init__(self, num_samples: int | None) -> None:
+        self.total = "" if num_samples is None else f"/{num_samples}"
         self.started = time.monotonic()
         self.last_heartbeat = 0.0
 
@@ -213,7 +213,7 @@ class ProgressPrinter(tune.Callback):
         shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else "-"
         logger.info(
             f"[{self._elapsed()}] trial {trial.trial_id} {what} after {result.get('epoch', 0)} epochs: "
-            f"best valid NLL {shown} | {done}/{self.num_samples} done, sweep best {self._best(trials):.3f}",
+            f"best valid NLL {shown} | {done}{self.total} done, sweep best {self._best(trials):.3f}",
         )
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -239,6 +239,6 @@ class ProgressPrinter(tune.Callback):
         epochs = ", ".join(f"{t.trial_id}@{(t.last_result or {}).get('epoch', 0)}" for t in running)
         logger.info(
             f"[{self._elapsed()}] {len(running)} running ({epochs or 'starting'}), "
-            f"{sum(1 for t in trials if t.status in ('TERMINATED', 'ERROR'))}/{self.num_samples} done, "
+            f"{sum(1 for t in trials if t.status in ('TERMINATED', 'ERROR'))}{self.total} done, "
             f"sweep best {self._best(trials):.3f}",
         )

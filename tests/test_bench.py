@@ -64,8 +64,12 @@ def test_quick_run_reports_both_sections(tmp_path, capsys):
         assert math.isfinite(row["nll"])
     # The table shows a verdict for each row with a target (1 and 32 masks; mask sampling has
     # none) and the figures it was computed from.
-    assert sum(out.count(word) for word in ("PASS", "MISS")) == 4
+    training_table = out.split("2. 32-mask ensemble evaluation")[0]
+    assert sum(training_table.count(word) for word in ("PASS", "MISS")) == 4
     assert out.count(" fresh ") == 2
+    # Section 3: sampling, with a verdict for the one-hidden-layer row only.
+    assert "3. Sampling" in out and [tuple(row["hidden_sizes"]) for row in report["sampling"]] == [(500,), (500, 500)]
+    assert all(_finite_positive(row["speedup"]) for row in report["sampling"])
     assert f"{report['training'][0]['ratio']:.3f}" in out
 
 

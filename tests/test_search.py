@@ -17,7 +17,7 @@ import pytest
 from driver_processes import finish, kill_after_finished, kill_group, start_driver
 
 from results import schema
-from search.run import UsageError, main, parse_duration
+from search.run import DEFAULT_NUM_SAMPLES, UsageError, main, make_plan, parse_args, parse_duration, trial_count
 from spaces import HYPERPARAMETERS
 
 
@@ -252,3 +252,38 @@ def test_trial_device_follows_ray_gpu_assignment(monkeypatch):
     assert trial_device() == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert trial_device() == "cpu"  # a GPU id without a usable CUDA build falls back to the CPU
+
+
+def test_trial_count_follows_the_budget():
+    assert trial_count(8, 600.0) == 8 and trial_count(8, None) == 8
+    assert trial_count(None, 600.0) is None  # trials keep coming until the budget is spent
+    assert trial_count(None, None) == DEFAULT_NUM_SAMPLES
+
+
+def test_a_budget_without_a_trial_count_plans_an_open_ended_sweep(tmp_path):
+    common = ["--dataset", "synthetic-tiny", "--storage", str(tmp_path / "runs")]
+    plan, _ = make_plan(parse_args([*common, "--time-budget", "90s", "--name", "open"]))
+    assert plan.num_samples is None and plan.time_budget_seconds == 90.0
+    counted, _ = make_plan(parse_args([*common, "--name", "counted"]))
+    assert counted.num_samples == DEFAULT_NUM_SAMPLES and counted.time_budget_seconds is None
+
+
+@pytest.mark.slow
+def test_budget_driven_sweep_runs_trials_until_the_budget_is_spent(tmp_path, ray_env):
+    started = time.monotonic()
+    process = start_sweep(tmp_path, ray_env, "--dataset", "synthetic-tiny", "--space", "quick", "--max-epochs", "6",
+                          "--grace-period", "6", "--time-budget", "40s", "--name", "budget", "--seed", "2")  # fmt: skip
+    output = finish(process)
+    elapsed = time.monotonic() - started
+    assert process.returncode == 0, output
+    experiment = tmp_path / "runs" / "budget"
+    info = json.loads((experiment / schema.EXPERIMENT_FILE).read_text())
+    assert info["num_samples"] is None and info["stopped_by_time_budget"] is True
+    trials = pd.read_csv(experiment / schema.TRIALS_FILE)
+    # No count ended it: trials kept coming for the whole budget.
+    assert info["num_trials"] == len(trials) >= 6, trials
+    assert (trials["status"] == "TERMINATED").sum() >= 5, trials
+    assert info["wall_seconds"] >= 40
+    assert (experiment / schema.BEST_FILE).exists()
+    assert "trials until the 40s budget is spent" in output
+    assert elapsed < 40 + 90, f"the sweep did not stop at its budget ({elapsed:.0f} s)"
