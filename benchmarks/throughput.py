@@ -52,6 +52,7 @@ from made_core.data import DatasetError, load_dataset, resolve_data_dir
 from made_core.evaluate import as_tensor, evaluate_nll
 from made_core.fused_adam import MaskedAdam
 from made_core.hyperparameters import MASK_SAMPLING
+from made_core.machine import cpu_model
 from made_core.model import ACTIVATION_FUNCTIONS, MADE
 from made_core.steps import DenseStep, TrainingStep
 from made_core.train import Trainer
@@ -496,22 +497,11 @@ def load_average() -> float | None:
         return None
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device: torch.device) -> dict[str, object]:
     return {
         "torch": str(torch.__version__),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_start": load_average(),

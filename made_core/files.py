@@ -108,10 +108,11 @@ def load_torch_file(path: str | Path, map_location: Any = "cpu", required_keys: 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"refusing {path}: it holds objects that only arbitrary unpickling could load ({first_line[:200]})"
-        ) from None
+        # torch's message is a paragraph; its "WeightsUnpickler error: ..." line names what was refused.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = next((line for line in lines if "WeightsUnpickler" in line), lines[0] if lines else type(error).__name__)
+        reason = reason.split(". ")[0][:200]  # its first sentence
+        raise CheckpointError(f"refusing {path}: it holds objects that only arbitrary unpickling could load ({reason})") from None
     except (RuntimeError, EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
         detail = " ".join(str(error).split())[:160] or type(error).__name__
         raise CheckpointError(f"cannot read {path}: corrupt or truncated ({type(error).__name__}: {detail})") from None

@@ -219,7 +219,7 @@ def hidden_sizes_problem(hidden_sizes: Any) -> str | None:
     """Why ``hidden_sizes`` (one width per hidden layer, the model's form of hidden_layers x
     hidden_units) is not a valid architecture, or None."""
     sizes = list(hidden_sizes)
-    if not sizes or any(PARAMETERS["hidden_units"].problem_with(PARAMETERS["hidden_units"].normalize(h)) for h in sizes):
+    if not sizes or any(PARAMETERS["hidden_units"].problem_for_setting(h) for h in sizes):
         return f"hidden_sizes must be one or more widths, each {PARAMETERS['hidden_units'].requirement()}, got {sizes}"
     return None
 

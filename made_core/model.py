@@ -181,8 +181,8 @@ class MADE(nn.Module):
         return logits
 
     def _mask_weights(self, masks: MaskSet) -> MaskedWeights:
-        layers = self.masked_layers()
-        hidden = tuple(layer.weight * mask for layer, mask in zip(layers, masks.hidden))
+        hidden_layers = self.masked_layers()[: len(masks.hidden)]
+        hidden = tuple(layer.weight * mask for layer, mask in zip(hidden_layers, masks.hidden, strict=True))
         direct = None if self.direct_layer is None or masks.direct is None else self.direct_layer.weight * masks.direct
         return MaskedWeights(hidden, self.output_layer.weight * masks.output, direct)
 
