@@ -47,6 +47,9 @@ class TrainConfig:
     max_epochs: int = 200
     patience: int = 30  # epochs without a better validation NLL before stopping (the paper's 30)
     valid_masks: int | None = None  # validation ensemble; None: DEFAULT_VALID_MASKS, capped at num_masks
+    # The ensemble size whose NLL validation estimates, extrapolated from the validation
+    # ensemble's (made_core.ensembles.extrapolated_nll); None: the validation ensemble's own.
+    valid_target_masks: int | None = None
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     eval_batch_size: int = 1000
@@ -68,6 +71,8 @@ class TrainConfig:
         if self.valid_masks is not None and not ensemble_size_allowed(self.valid_masks, self.num_masks):
             limit = f"exceeds num_masks={self.num_masks}" if self.valid_masks >= 1 else "must be >= 1"
             problems.append(f"valid_masks={self.valid_masks} {limit}")
+        if self.valid_target_masks is not None and not ensemble_size_allowed(self.valid_target_masks, self.num_masks):
+            problems.append(f"valid_target_masks={self.valid_target_masks} is not an ensemble size of num_masks={self.num_masks}")
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
 

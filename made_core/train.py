@@ -24,10 +24,11 @@ import torch
 
 from made_core.allocator import keep_freed_memory
 from made_core.config import TrainConfig, resolve_device
-from made_core.evaluate import NLL, as_tensor, evaluate_nll
+from made_core.ensembles import ensemble_size_curve, extrapolated_nll
+from made_core.evaluate import NLL, as_tensor, evaluate_nll, mask_log_probs, nll_of
 from made_core.files import atomic_write, load_torch_file
 from made_core.fused_adam import MaskedAdam, masked_adam_applies
-from made_core.model import MADE
+from made_core.model import MADE, ensemble_log_prob
 from made_core.steps import make_training_step
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -150,7 +151,7 @@ class Trainer:
         self.progress.epoch += 1
         if not math.isfinite(train_nll):
             return self._finish_epoch(start, math.inf, math.inf, "diverged")
-        valid_nll = self.evaluate(self.valid_rows, self.config.validation_masks).mean
+        valid_nll = self.validation_nll()
         if not math.isfinite(valid_nll):
             return self._finish_epoch(start, train_nll, math.inf, "diverged")
         return self._finish_epoch(start, train_nll, valid_nll, None)
@@ -189,6 +190,16 @@ class Trainer:
         """Put the weights of the best validation epoch back (no-op before any finite epoch)."""
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+
+    def validation_nll(self) -> float:
+        """The validation NLL that selects epochs and stops training: the validation ensemble's,
+        or extrapolated from it to ``valid_target_masks`` masks (ensemble_size_curve is free
+        once the per-mask log-likelihoods are computed)."""
+        masks, target = self.config.validation_masks, self.config.valid_target_masks
+        per_mask = mask_log_probs(self.model, self.valid_rows, masks, self.config.eval_batch_size)
+        if target is None or target == masks:
+            return nll_of(ensemble_log_prob(per_mask).double().cpu()).mean
+        return extrapolated_nll(ensemble_size_curve(per_mask), target)
 
     def evaluate(self, data: np.ndarray | torch.Tensor, n_masks: int) -> NLL:
         """NLL of ``data`` under the current weights with an ``n_masks`` ensemble. The test

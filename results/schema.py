@@ -73,6 +73,7 @@ class ExperimentRun(TypedDict, total=False):
 
     optuna_storage: str  # SQLAlchemy URL of the Optuna study; --resume reads it back
     study_name: str  # the Optuna study's name in it (experiments may share one)
+    sampler: str  # the Optuna sampler: "tpe" (guided) or "random"
     resumes: int  # how many times --resume continued the sweep
     resume_commands: list[str]  # the command of each resume
     stopped_by_time_budget: bool  # written when the sweep ends
@@ -84,6 +85,8 @@ class ExperimentRun(TypedDict, total=False):
 class ExperimentOptional(TypedDict, total=False):
     """Keys an experiment.json carries only where they apply (EXPERIMENT_OPTIONAL_KEYS)."""
 
+    fit_seconds: float  # how long Ray Tune ran the trials (wall time, summed over resumes): slot use's denominator
+    data_file: str  # an own .npz dataset: its absolute path (``dataset`` is then its stem)
     data_note: str  # free text copied into the best table's `note` column
     true_test_nll: float  # synthetic datasets: exact test NLL of the generating distribution
 
@@ -100,6 +103,10 @@ PROVENANCE_KEYS = tuple(Provenance.__annotations__)
 # A running minimum: Optuna records a trial that ASHA stopped with its last reported value,
 # which must therefore be its best.
 OBJECTIVE: Literal["best_valid_nll"] = "best_valid_nll"
+# What that validation NLL measures (--objective): an estimate of the test-time ensemble's NLL,
+# extrapolated from the validation ensemble (made_core.ensembles.extrapolated_nll), or the
+# validation ensemble's own.
+OBJECTIVES = ("test-ensemble", "valid-ensemble")
 
 
 class TrialMetrics(TypedDict):
@@ -176,6 +183,9 @@ class BestOptional(TypedDict, total=False):
     sweep_valid_nll: float  # the best trial's best_valid_nll (the sweep objective, a smaller ensemble)
     valid_nll_by_test_masks: dict[str, float]  # {"32": nll, ...}: the ensemble sizes test_masks was chosen from
     checkpoint_uri: str  # URI storage: the BEST_MODEL_FOLDER's URI
+    # The finalists (the top trials by sweep objective) re-evaluated on validation with their
+    # test-time ensembles; the one with the lowest such NLL is the chosen trial.
+    finalists: list[dict[str, Any]]  # [{"trial_id", "sweep_valid_nll", "valid_nll", "test_masks"}, ...]
 
 
 class BestTrial(BestCore, BestOptional):

@@ -147,8 +147,44 @@ def write_trial_files(experiment_path: Path, records: list[TrialRecord]) -> None
 
 def best_trial(records: list[TrialRecord]) -> TrialRecord | None:
     """The trial with the lowest validation NLL that has a checkpoint; None if no trial qualifies."""
+    return next(iter(finalist_trials(records, 1)), None)
+
+
+def finalist_trials(records: list[TrialRecord], count: int) -> list[TrialRecord]:
+    """The ``count`` trials with a checkpoint and the lowest sweep objective, best first."""
     candidates = [r for r in records if math.isfinite(r.best_valid_nll) and r.checkpoint is not None]
-    return min(candidates, key=lambda r: r.best_valid_nll, default=None)
+    return sorted(candidates, key=lambda r: r.best_valid_nll)[:count]
+
+
+@dataclass(frozen=True)
+class Finalist:
+    """A finalist's model with its test-time ensemble chosen on validation."""
+
+    record: TrialRecord
+    model: Any  # made_core.MADE
+    ensemble: Any  # made_core.ensembles.TestEnsemble
+
+    def summary(self) -> dict[str, Any]:
+        return {"trial_id": self.record.trial_id, "sweep_valid_nll": self.record.best_valid_nll,
+                "valid_nll": self.ensemble.valid.mean, "test_masks": self.ensemble.masks}  # fmt: skip
+
+
+def reselect(records: list[TrialRecord], valid_data: np.ndarray, test_masks: int | None, finalists: int) -> list[Finalist]:
+    """The top ``finalists`` trials by sweep objective, each re-evaluated on validation with its
+    full test-time ensemble, best first by that NLL (ties: the better sweep objective).
+
+    The sweep objective is measured (or extrapolated) with a small ensemble on a validation
+    set that may hold a few hundred rows; re-evaluating the leaders with the ensemble that
+    will be delivered makes the final choice less a matter of that noise."""
+    evaluated = []
+    for record in finalist_trials(records, finalists):
+        assert record.checkpoint is not None  # finalist_trials keeps only trials with one
+        with record.checkpoint.as_directory() as checkpoint_folder:
+            model = load_best_model(checkpoint_folder)
+        requested = None if test_masks is None else capped_ensemble_size(test_masks, model.num_masks)
+        evaluated.append(Finalist(record, model, choose_test_masks(model, valid_data, requested)))
+    valid = lambda f: f.ensemble.valid.mean if math.isfinite(f.ensemble.valid.mean) else math.inf  # noqa: E731
+    return sorted(evaluated, key=lambda f: (valid(f), f.record.best_valid_nll))
 
 
 def evaluate_best(
@@ -161,28 +197,26 @@ def evaluate_best(
     extra: schema.BestOptional | None = None,
     *,
     checkpoint_path: str | None = None,
+    finalists: int = 3,
 ) -> schema.BestTrial | None:
     """Evaluate the best trial once on the test set; write best_model/ and best.json. Returns best.json's data.
 
-    The best trial is the one with the lowest sweep objective (``best_valid_nll``, validation
-    with the training run's small ensemble). Its test ensemble is chosen on the validation
-    set (``made_core.ensembles.choose_test_masks``); best.json's ``valid_nll`` is the validation
-    NLL with that ensemble, so it and ``test_nll`` describe the same model, and the sweep's
-    figure is kept as ``sweep_valid_nll``.
+    The best trial is chosen among the ``finalists`` trials with the lowest sweep objective
+    (``best_valid_nll``): each one's test ensemble is chosen on the validation set
+    (``made_core.ensembles.choose_test_masks``) and the lowest validation NLL with it wins
+    (``reselect``); best.json lists them as ``finalists``. Its ``valid_nll`` is the winner's
+    validation NLL with that ensemble, so it and ``test_nll`` describe the same model, and the
+    sweep's figure is kept as ``sweep_valid_nll``.
 
     ``experiment_path`` is the local folder written to. The trial's checkpoint is read through
     Ray's ``Checkpoint`` (downloaded first when it lives at a URI). best.json's
     ``checkpoint_path`` is the absolute best_model/ folder unless ``checkpoint_path`` is given
     (URI storage: the path relative to the experiment folder).
     """
-    best = best_trial(records)
-    if best is None:
+    ranked = reselect(records, valid_data, test_masks, finalists)
+    if not ranked:
         return None
-    assert best.checkpoint is not None  # best_trial picks only trials with a checkpoint
-    with best.checkpoint.as_directory() as checkpoint_folder:
-        model = load_best_model(checkpoint_folder)
-    requested = None if test_masks is None else capped_ensemble_size(test_masks, model.num_masks)
-    ensemble = choose_test_masks(model, valid_data, requested)
+    best, model, ensemble = ranked[0].record, ranked[0].model, ranked[0].ensemble
     test = evaluate_nll(model, test_data, n_masks=ensemble.masks)
     model_folder = experiment_path / schema.BEST_MODEL_FOLDER
     save_model(model, model_folder)
@@ -199,6 +233,7 @@ def evaluate_best(
         "valid_nll_by_test_masks": {str(size): nll for size, nll in ensemble.valid_by_size.items()},
         "checkpoint_path": checkpoint_path or str(model_folder),
         "finished_at": utc_now(),
+        "finalists": [finalist.summary() for finalist in ranked],
     }
     summary.update(extra or {})
     write_json(experiment_path / schema.BEST_FILE, summary)

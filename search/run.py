@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="YAML file of settings (keys: these flags' names, dashes or underscores); flags given here override it",
     )
-    add("--dataset", required=True, help="dataset name: mnist, adult, connect4, dna, ..., synthetic-mob, synthetic-tiny")
+    add(
+        "--dataset",
+        required=True,
+        help="dataset name (mnist, adult, connect4, dna, ..., synthetic-mob, synthetic-tiny) or the path of an .npz file "
+        "of one's own (train_data, valid_data, test_data; named by its stem)",
+    )
     add("--space", default="default", help="search space: default, paper, quick, or a .py/.yaml/.json file")
     add(
         "--num-samples",
@@ -104,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--shared-storage", action="store_true", help="declare a local --storage path shared by every node (e.g. NFS)")
     add("--name", default=None, help="experiment name (unset: <dataset>-<space>-<UTC time>)")
     add("--resume", action="store_true", help="continue the interrupted sweep --name (unset --name: the newest for --dataset)")
+    add(
+        "--sampler",
+        choices=SAMPLERS,
+        default="tpe",
+        help="Optuna sampler: tpe (guided: multivariate TPE) or random (the baseline search guided search must beat)",
+    )
     add("--seed", type=int, default=0, help="seed of the sampler and of every trial")
     add("--data-dir", default=None, help="folder of .npz files (unset: $MADE_DATA_DIR, else a cache dir)")
     add(
@@ -115,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--valid-masks", type=int, default=None, help="validation ensemble size during training (unset: min(num_masks, 8))")
     add(
+        "--objective",
+        choices=schema.OBJECTIVES,
+        default=schema.OBJECTIVES[0],
+        help="the validation NLL trials are ranked by: an estimate of the test-time ensemble's, extrapolated "
+        "from the validation ensemble (test-ensemble), or the validation ensemble's own (valid-ensemble)",
+    )
+    add(
         "--optuna-storage",
         default=None,
         help="SQLAlchemy URL of the Optuna study, e.g. postgresql://user@host/db (unset: sqlite file in the experiment)",
@@ -125,8 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="Optuna study name; experiments given the same --optuna-storage and --study-name continue one study "
         "(unset: the experiment name)",
     )
+    add(
+        "--finalists",
+        type=int,
+        default=3,
+        help="top trials by the sweep's objective re-evaluated on validation with their test-time ensembles; "
+        "the best of them is tested (1: the top trial as is)",
+    )
     add("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint")
-    add("--checkpoint-every", type=int, default=1, help="epochs between trial checkpoints")
+    add(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="also checkpoint every N epochs (unset: by time, --checkpoint-seconds); trials always checkpoint "
+        "at ASHA's rungs and their last epoch",
+    )
+    add("--checkpoint-seconds", type=float, default=10.0, help="seconds of training between trial checkpoints")
     add(
         "--tracking",
         choices=tuple(TRACKING_PACKAGES),
@@ -230,6 +262,7 @@ def _newest_unfinished(storage: str, dataset: str) -> str | None:
 
 
 DEFAULT_NUM_SAMPLES = 16
+SAMPLERS = ("tpe", "random")
 
 
 def trial_count(num_samples: int | None, time_budget_seconds: float | None) -> int | None:
@@ -242,7 +275,7 @@ def trial_count(num_samples: int | None, time_budget_seconds: float | None) -> i
 
 def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Validate the command line into a SweepPlan (and the experiment.json of a resumed sweep)."""
-    from made_core.data import DatasetError, canonical_name
+    from made_core.data import DatasetError, canonical_name, is_dataset_file
     from results.storage import ExperimentFolder, StorageError, normalize_storage
     from search.tuner import SweepPlan
     from spaces import SpaceError, get_space
@@ -250,7 +283,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if args.grace_period is None:
         # Generous by default: ensembles of many masks learn slowly at first and end best.
         args.grace_period = max(1, args.max_epochs // 5)
-    for flag in ("num_samples", "max_epochs", "grace_period", "patience", "checkpoint_every"):
+    for flag in ("num_samples", "max_epochs", "grace_period", "patience", "checkpoint_every", "finalists"):
         value = getattr(args, flag)
         if value is None:  # --num-samples unset
             continue
@@ -263,6 +296,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     )
     _require(args.concurrency is None or args.concurrency >= 1, f"--concurrency must be >= 1, got {args.concurrency}")
     _require(args.num_cpus is None or args.num_cpus >= 1, f"--num-cpus must be >= 1, got {args.num_cpus}")
+    _require(args.checkpoint_seconds > 0, f"--checkpoint-seconds must be positive, got {args.checkpoint_seconds}")
     _require(args.max_failures >= 0, f"--max-failures must be >= 0, got {args.max_failures}")
     _require(args.test_masks is None or args.test_masks >= 1, f"--test-masks must be >= 1, got {args.test_masks}")
     _require(args.valid_masks is None or args.valid_masks >= 1, f"--valid-masks must be >= 1, got {args.valid_masks}")
@@ -277,10 +311,16 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             f"--tracking {args.tracking} needs the {package} package: pip install 'made-search[{args.tracking}]'",
         )
     time_budget = parse_duration(args.time_budget) if args.time_budget else None
-    try:
-        dataset = canonical_name(args.dataset)
-    except DatasetError as error:
-        raise UsageError(str(error)) from None
+    data_source = args.dataset
+    if is_dataset_file(args.dataset):
+        data_file = Path(args.dataset).expanduser().resolve()
+        _require(data_file.is_file(), f"--dataset {args.dataset}: no such file")
+        dataset, data_source = data_file.stem, str(data_file)
+    else:
+        try:
+            dataset = canonical_name(args.dataset)
+        except DatasetError as error:
+            raise UsageError(str(error)) from None
     _check_storage(args.storage)
     storage = normalize_storage(args.storage)
 
@@ -335,6 +375,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     )
     plan = SweepPlan(
         dataset=dataset,
+        data_source=data_source,
         space=space,
         space_source=space_source,
         name=name,
@@ -348,12 +389,16 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         gpus_per_trial=args.gpus_per_trial,
         concurrency=args.concurrency,
         seed=int(previous.get("seed", args.seed)),
+        sampler=str(previous.get("sampler", args.sampler)),
         optuna_storage=optuna_storage,
         study_name=args.study_name or previous.get("study_name") or name,
         test_masks=args.test_masks,
         valid_masks=args.valid_masks,
         max_failures=args.max_failures,
         checkpoint_every=args.checkpoint_every,
+        checkpoint_seconds=args.checkpoint_seconds,
+        finalists=args.finalists,
+        objective=str(previous.get("settings", {}).get("objective") or args.objective),
         tracking=args.tracking,
         verbose=args.verbose,
     )
@@ -425,11 +470,12 @@ def experiment_info(
     data: Any,
     run: dict[str, Any],
     num_trials: int | None = None,
+    fit_seconds: float | None = None,
 ) -> schema.ExperimentInfo:
     """experiment.json's fields (``results.schema.ExperimentInfo``). ``started`` is this run's ``time.time()`` at
     its start: the sweep's start unless it resumes an earlier one, whose ``started_at`` is kept.
     ``run`` holds this run's command, resolved settings and provenance. ``num_trials``, once the
-    sweep has ended: how many trials it ran."""
+    sweep has ended: how many trials it ran; ``fit_seconds``, how long this run's Ray Tune fit took."""
     wall = float(previous.get("wall_seconds", 0.0)) + (time.time() - started)
     this_command = run["command"]
     info: schema.ExperimentInfo = {
@@ -437,6 +483,7 @@ def experiment_info(
         "dataset": plan.dataset,
         "space": plan.space_source,
         "seed": plan.seed,
+        "sampler": plan.sampler,
         "num_samples": plan.num_samples,
         "max_epochs": plan.max_epochs,
         "status": status,
@@ -459,6 +506,10 @@ def experiment_info(
         # The time budget can end a sweep before every trial ran; the sweep still reports.
         # Without a trial count only the budget ends a sweep.
         info["stopped_by_time_budget"] = status == "finished" and (plan.num_samples is None or num_trials < plan.num_samples)
+    if fit_seconds is not None:
+        info["fit_seconds"] = round(float(previous.get("fit_seconds", 0.0)) + fit_seconds, 1)
+    if plan.data_source != plan.dataset:
+        info["data_file"] = plan.data_source
     if data.true_test_nll is not None:
         info["true_test_nll"] = data.true_test_nll
     if data.description:
@@ -559,6 +610,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     )
     status = "finished"
     study_upload = PeriodicUpload(folder, study_file, schema.STUDY_FILE) if study_file is not None else nullcontext()
+    fit_started = time.time()
     try:
         with study_upload:
             tuner.fit()
@@ -566,10 +618,11 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         status = "interrupted"
         logger.warning("interrupted: finished trials are kept; continue with --resume")
 
+    fit_seconds = time.time() - fit_started
     records = read_ray_trials(folder.location)
     write_trial_files(experiment_path, records)
     completed = sum(1 for r in records if r.status == "TERMINATED")
-    info = experiment_info(plan, previous, status, started, data, run, num_trials=len(records))
+    info = experiment_info(plan, previous, status, started, data, run, len(records), fit_seconds)
     extra: schema.BestOptional = {"true_test_nll": data.true_test_nll} if data.true_test_nll is not None else {}
     model_location = None
     if folder.is_uri:
@@ -578,8 +631,9 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         model_location = schema.BEST_MODEL_FOLDER
         extra["checkpoint_uri"] = folder.remote(schema.BEST_MODEL_FOLDER)
     best = evaluate_best(
-        experiment_path, records, plan.dataset, data.valid, data.test, plan.test_masks, extra, checkpoint_path=model_location
-    )
+        experiment_path, records, plan.dataset, data.valid, data.test, plan.test_masks, extra,
+        checkpoint_path=model_location, finalists=plan.finalists,
+    )  # fmt: skip
     write_json(marker, info)
     folder.publish(schema.TRIALS_FILE, schema.CURVES_FILE, schema.BEST_MODEL_FOLDER, schema.BEST_FILE, schema.EXPERIMENT_FILE)
     if folder.is_uri and study_file is not None:
@@ -591,6 +645,12 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     masks = best["test_masks"]
     chosen = best["valid_nll_by_test_masks"]
     choice = f"\n  test ensemble chosen on validation: {describe_test_mask_choice(chosen)}" if len(chosen) > 1 else ""
+    finalists = best.get("finalists", [])
+    if len(finalists) > 1:
+        ranked = ", ".join(f"{f['trial_id']} {f['valid_nll']:.3f} (sweep {f['sweep_valid_nll']:.3f})" for f in finalists)
+        choice += (
+            f"\n  chosen among the top {len(finalists)} by sweep objective, by validation NLL with their test ensembles: {ranked}"
+        )
     logger.info(
         "best trial %s (sweep valid NLL %.3f): with %d mask%s, valid NLL %.3f, test NLL %.3f ± %.3f%s\n  config: %s\n  written: %s",
         best["trial_id"],
@@ -646,7 +706,7 @@ def execute(args: argparse.Namespace, command: str) -> Any:
 
     plan, previous = make_plan(args)
     try:
-        data = load_dataset(plan.dataset, data_dir=args.data_dir)
+        data = load_dataset(plan.data_source, data_dir=args.data_dir)
     except DatasetError as error:
         raise UsageError(str(error)) from None
 

@@ -30,7 +30,8 @@ logger = logging.getLogger("search")
 class SweepPlan:
     """Everything a sweep needs, validated. ``storage`` is the experiments' parent folder."""
 
-    dataset: str
+    dataset: str  # the canonical name, or an own .npz file's stem
+    data_source: str  # what load_dataset reads: the name, or the .npz file's absolute path
     space: SearchSpace
     space_source: str  # the name or path given on the command line
     name: str
@@ -44,12 +45,16 @@ class SweepPlan:
     gpus_per_trial: float
     concurrency: int | None
     seed: int
+    sampler: str  # "tpe" or "random"
     optuna_storage: str
     study_name: str  # the Optuna study in optuna_storage (several experiments may continue one)
     test_masks: int | None
     valid_masks: int | None
     max_failures: int
-    checkpoint_every: int
+    checkpoint_every: int | None  # None: checkpoints by time (checkpoint_seconds), rungs and the last epoch
+    checkpoint_seconds: float
+    finalists: int  # top trials re-evaluated with their test-time ensembles before the test
+    objective: str = "test-ensemble"  # results.schema.OBJECTIVES
     tracking: str | None = None  # "mlflow" | "wandb": Ray Tune's logger callback for it
     verbose: bool = False  # Ray Tune's own trial table
 
@@ -59,7 +64,29 @@ class SweepPlan:
 
     @property
     def trial_settings(self) -> TrialSettings:
-        return TrialSettings(self.max_epochs, self.patience, self.seed, self.valid_masks, self.checkpoint_every)
+        return TrialSettings(
+            self.max_epochs,
+            self.patience,
+            self.seed,
+            self.valid_masks,
+            self.checkpoint_every,
+            self.test_masks,
+            self.objective,
+            self.checkpoint_seconds,
+            tuple(asha_rungs(self.grace_period, self.max_epochs)),
+        )
+
+
+REDUCTION_FACTOR = 3  # ASHA keeps the best third of the trials at each rung
+
+
+def asha_rungs(grace_period: int, max_epochs: int, reduction_factor: int = REDUCTION_FACTOR) -> list[int]:
+    """The epochs where ASHA may stop a trial: grace, grace x rf, grace x rf^2, ... below max_epochs."""
+    rungs, rung = [], grace_period
+    while rung < max_epochs:
+        rungs.append(rung)
+        rung *= reduction_factor
+    return rungs
 
 
 def trial_dirname(trial: Any) -> str:
@@ -105,15 +132,24 @@ class MadeOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
-def make_searcher(plan: SweepPlan) -> OptunaSearch:
-    """Seeded multivariate TPE over the plan's space, its study stored in ``plan.optuna_storage``."""
+def make_sampler(plan: SweepPlan) -> Any:
+    """The plan's seeded Optuna sampler: multivariate TPE, or random search (the baseline)."""
     import optuna
 
+    if plan.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=plan.seed)
     # Few random start-up trials for short sweeps, so most of the budget is guided.
     startup_trials = 10 if plan.num_samples is None else max(4, min(10, plan.num_samples // 3))
-    sampler = optuna.samplers.TPESampler(
+    return optuna.samplers.TPESampler(
         seed=plan.seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=startup_trials
     )
+
+
+def make_searcher(plan: SweepPlan) -> OptunaSearch:
+    """The plan's sampler over its space (start points first), its study stored in ``plan.optuna_storage``."""
+    import optuna
+
+    sampler = make_sampler(plan)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(plan.optuna_storage)
     return MadeOptunaSearch(
@@ -154,7 +190,9 @@ def tracking_callbacks(plan: SweepPlan, experiment_path: Path) -> list[tune.Call
 def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback, experiment_path: Path) -> tune.Tuner:
     # Rungs on the trainer's own epoch count: a trial restored from an older checkpoint than
     # its last report repeats epochs, and Ray's training_iteration would count them twice.
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=plan.max_epochs, grace_period=plan.grace_period, reduction_factor=3)
+    scheduler = ASHAScheduler(
+        time_attr="epoch", max_t=plan.max_epochs, grace_period=plan.grace_period, reduction_factor=REDUCTION_FACTOR
+    )
     tune_config = tune.TuneConfig(
         metric=OBJECTIVE,
         mode="min",
@@ -164,6 +202,9 @@ def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback, experim
         max_concurrent_trials=plan.concurrency,
         time_budget_s=plan.time_budget_seconds,
         trial_dirname_creator=trial_dirname,
+        # A finished trial's worker process runs the next trial: no process start, imports or
+        # kernel loading between trials (slot use on 75 s dna sweeps: 0.67 without, 0.85 with).
+        reuse_actors=True,
     )
     run_config = tune.RunConfig(
         name=plan.name,

@@ -358,7 +358,8 @@ def test_sweep_survives_a_worker_host_killed_mid_trial(tmp_path, netns_cluster_f
     experiment = storage / "fault"
     argv = sweep_argv(storage, tmp_path, "fault", "--address", cluster.address, "--dataset", "synthetic-mob",
                       "--space", str(space), "--num-samples", str(num_samples), "--max-epochs", str(max_epochs),
-                      "--grace-period", str(max_epochs), "--max-failures", "3", "--shared-storage")  # fmt: skip
+                      "--grace-period", str(max_epochs), "--max-failures", "3", "--shared-storage",
+                      "--checkpoint-every", "1")  # fmt: skip
 
     t1 = time.monotonic()
     driver = cluster.start_driver(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -52,7 +52,7 @@ def trial(tiny, tmp_path, monkeypatch) -> TrialRecord:
     monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: None)
     monkeypatch.setattr(trainable, "trial_device", lambda: "cpu")
     monkeypatch.setattr("ray.util.get_node_ip_address", lambda: "127.0.0.1")
-    train_made(CONFIG, tiny.train, tiny.valid, TrialSettings(max_epochs=EPOCHS, patience=30, seed=0))
+    train_made(CONFIG, tiny.train, tiny.valid, TrialSettings(max_epochs=EPOCHS, patience=30, seed=0, checkpoint_every=1))
     assert len(reports) == EPOCHS and len(checkpoints) == EPOCHS
     for metrics in reports:
         assert tuple(metrics) == schema.TRIAL_METRICS

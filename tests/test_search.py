@@ -129,7 +129,7 @@ def test_resume_after_driver_killed_loses_nothing(tmp_path, ray_env):
 def test_truncated_newest_checkpoint_of_a_killed_trial_falls_back_to_the_one_before(tmp_path, ray_env):
     process = start_sweep(tmp_path, ray_env, "--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "2",
                           "--max-epochs", "150", "--grace-period", "150", "--patience", "1000", "--name", "corrupt",
-                          "--concurrency", "1", "--seed", "5")  # fmt: skip
+                          "--concurrency", "1", "--seed", "5", "--checkpoint-every", "1")  # fmt: skip
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)  # keep the pipe drained
     reader.start()

@@ -1,0 +1,542 @@
+"""``python -m benchmarks.search``: does the default search find the best MADE on a suite of datasets?
+
+For every dataset of a suite, side by side in one run:
+
+- **baselines**: one training run each (``made_core``, to convergence or the sweep budget) of
+  the library's defaults (1x500, 8 order-agnostic masks, direct connection), the paper's
+  mask-sampling recipe (1x500, a fresh agnostic mask per minibatch, direct) and a plain
+  single-mask MADE (1x500, natural order, direct): a sweep must beat the better of the
+  first two, and the ensemble-vs-single comparison says where ensembles pay;
+- **the guided search** (the space's sweep with TPE) and **random search** over the same space
+  (Optuna's random sampler, the same start points), each given the same time budget and
+  machine: test NLL of the sweep's choice ± stderr, trials, budget used, slot use (trial
+  time / (sweep time x slots)), the winner's configuration, and the compute the guided
+  search needed to reach random search's final best validation NLL;
+- the references: the paper's MADE numbers (dna) and the exact true test NLL (synthetic sets);
+- how often the final winner would have been stopped at each ASHA rung (judged against every
+  trial that reached it), the evidence for the multi-fidelity schedule.
+
+It writes ``search_benchmark.csv``, ``search_benchmark.md`` (the table, the command, the
+commit) and ``search_benchmark.png`` (best so far vs compute) into ``--output``
+(default ``results/``). Sweeps go to ``--work`` (default a cache folder), never the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SAMPLERS = ("tpe", "random")
+SLOT_USE_TARGET = 0.9
+TRUE_NLL_TOLERANCE = 0.01  # the default search should come within 1% of a synthetic set's true NLL
+REACH_TARGET = 0.5  # guided search should reach random's final best in at most half its compute
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Datasets (registry names or ``benchmarks.derived`` names) and the budget each sweep gets."""
+
+    datasets: tuple[str, ...]
+    budget_seconds: float
+    max_epochs: int = 200
+
+
+_ALL = ("dna", "mnist-pooled", "mnist-500", "synthetic-mob", "synthetic-bn-20", "synthetic-bn-100", "synthetic-bn-500")
+SUITES = {
+    # About an hour on 2 cores: 7 sets x (3 baselines + 2 sweeps of 3 minutes).
+    "standard": Suite(_ALL, 180.0),
+    "thorough": Suite(_ALL, 900.0),
+    # For tests: one tiny set, a few seconds per sweep.
+    "smoke": Suite(("synthetic-tiny",), 20.0, max_epochs=8),
+}
+
+BASELINES: dict[str, dict[str, Any]] = {
+    "defaults": {},  # made_core.hyperparameters.DEFAULTS
+    "mask-sampling": {"hidden_units": 500, "hidden_layers": 1, "num_masks": 0, "ordering": "agnostic", "direct_connection": True},
+    "single-mask": {"hidden_units": 500, "hidden_layers": 1, "num_masks": 1, "ordering": "natural", "direct_connection": True},
+}
+"""One training run each; a sweep must beat the better of the first two."""
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+# -- baselines --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BaselineResult:
+    family: str
+    test_nll: float
+    test_nll_stderr: float
+    test_masks: int
+    epochs: int
+    seconds: float
+
+
+def run_baseline(family: str, data: Any, max_epochs: int, time_limit: float, seed: int) -> BaselineResult:
+    """Train ``BASELINES[family]`` once (patience 30, at most ``time_limit`` seconds), test its ensemble."""
+    from made_core.config import TrainConfig
+    from made_core.ensembles import choose_test_masks
+    from made_core.evaluate import evaluate_nll
+    from made_core.hyperparameters import DEFAULTS
+    from made_core.train import Trainer
+
+    config = TrainConfig.from_hyperparameters({**DEFAULTS, **BASELINES[family]}, max_epochs=max_epochs, seed=seed)
+    started = time.perf_counter()
+    trainer = Trainer(config, data.train, data.valid)
+    epochs = 0
+    for result in trainer.epochs():
+        epochs = result.epoch
+        if time.perf_counter() - started > time_limit:
+            break
+    trainer.restore_best()
+    ensemble = choose_test_masks(trainer.model, data.valid)
+    test = evaluate_nll(trainer.model, data.test, ensemble.masks)
+    return BaselineResult(family, test.mean, test.stderr, ensemble.masks, epochs, time.perf_counter() - started)
+
+
+# -- one sweep, read back ---------------------------------------------------------------------
+@dataclass
+class SweepFigures:
+    """What the benchmark reports of one sweep (guided or random)."""
+
+    sampler: str
+    experiment: str
+    test_nll: float
+    test_nll_stderr: float
+    valid_nll: float  # the chosen model's validation NLL with its test-time ensemble
+    sweep_valid_nll: float  # what the sweep's objective said of it
+    trials: int
+    fit_seconds: float
+    trial_seconds: float
+    slot_use: float
+    winner: str
+    winner_config: dict[str, Any]
+    reselected: bool  # the final re-selection chose another trial than the sweep objective's best
+    best_so_far: list[tuple[float, float]] = field(default_factory=list)  # (compute seconds, best objective)
+    winner_rungs: dict[int, bool] = field(default_factory=dict)  # rung epoch -> would have been stopped there
+
+
+def slot_use(trial_seconds: float, fit_seconds: float, slots: int) -> float:
+    """Trial time over (sweep time x parallel slots): the share of the machine that trained."""
+    return trial_seconds / (fit_seconds * slots) if fit_seconds > 0 and slots > 0 else math.nan
+
+
+def best_so_far(histories: Sequence[pd.DataFrame], objective: str = "best_valid_nll") -> list[tuple[float, float]]:
+    """(compute so far, best objective so far) after every report of every trial, in time order.
+
+    Compute is trial time (Ray's ``time_this_iter_s``) summed over all trials up to that
+    report's ``timestamp``."""
+    frames = [h[["timestamp", "time_this_iter_s", objective]] for h in histories if not h.empty and objective in h]
+    if not frames:
+        return []
+    reports = pd.concat(frames).sort_values("timestamp", kind="stable")
+    compute = reports["time_this_iter_s"].astype(float).cumsum().to_numpy()
+    best = reports[objective].astype(float).cummin().to_numpy()
+    return [(float(c), float(b)) for c, b in zip(compute, best, strict=True)]
+
+
+def compute_to_reach(curve: Sequence[tuple[float, float]], target: float) -> float | None:
+    """The compute at which ``curve`` first reaches ``target`` (<=), None if it never does."""
+    return next((compute for compute, best in curve if best <= target), None)
+
+
+def winner_stopped_at(
+    histories: dict[str, pd.DataFrame], winner: str, rung_epochs: Sequence[int], reduction_factor: int = 3
+) -> dict[int, bool]:
+    """For each rung the winner reached: whether its objective there was outside the best
+    1/reduction_factor of all trials' values at that epoch (ASHA would have stopped it)."""
+    verdicts = {}
+    for rung in rung_epochs:
+        values = {}
+        for trial_id, history in histories.items():
+            if "epoch" not in history:
+                continue
+            at = history.loc[history["epoch"] == rung, "best_valid_nll"]
+            if len(at):
+                values[trial_id] = float(at.iloc[-1])
+        if winner not in values or len(values) < reduction_factor:
+            continue
+        cutoff = float(np.quantile(list(values.values()), 1.0 / reduction_factor))
+        verdicts[rung] = values[winner] > cutoff
+    return verdicts
+
+
+def read_sweep(path: Path, sampler: str, slots: int, grace_period: int, max_epochs: int) -> SweepFigures:
+    """The figures of a finished sweep from its experiment folder."""
+    from results.tables import order_hyperparameters, summarize_config
+    from search.experiment import read_ray_trials
+    from search.tuner import asha_rungs
+
+    best = json.loads((path / "best.json").read_text())
+    info = json.loads((path / "experiment.json").read_text())
+    records = read_ray_trials(path)
+    histories = {r.trial_id: r.history for r in records}
+    trial_seconds = sum(float(r.last_result.get("time_total_s", 0.0)) for r in records)
+    fit_seconds = float(info.get("fit_seconds", info["wall_seconds"]))
+    finalists = best.get("finalists", [])
+    return SweepFigures(
+        sampler=sampler,
+        experiment=path.name,
+        test_nll=float(best["test_nll"]),
+        test_nll_stderr=float(best["test_nll_stderr"]),
+        valid_nll=float(best["valid_nll"]),
+        sweep_valid_nll=float(best["sweep_valid_nll"]),
+        trials=len(records),
+        fit_seconds=fit_seconds,
+        trial_seconds=trial_seconds,
+        slot_use=slot_use(trial_seconds, fit_seconds, slots),
+        winner=f"{summarize_config(best['config'], order_hyperparameters(best['config']))} (tested with {best['test_masks']})",
+        winner_config=dict(best["config"]),
+        reselected=bool(finalists) and min(finalists, key=lambda f: f["sweep_valid_nll"])["trial_id"] != best["trial_id"],
+        best_so_far=best_so_far(list(histories.values())),
+        winner_rungs=winner_stopped_at(histories, str(best["trial_id"]), asha_rungs(grace_period, max_epochs)),
+    )
+
+
+def run_sweep(source: str, sampler: str, suite: Suite, work: Path, seed: int, data_dir: str | None, verbose: bool) -> Path:
+    """One budget-driven sweep of the default space (no --num-samples) through ``search.sweep``."""
+    from search import sweep
+
+    name = f"{Path(source).stem}-{sampler}"
+    logging.getLogger("search").setLevel(logging.INFO if verbose else logging.WARNING)
+    sweep(
+        source,
+        sampler=sampler,
+        time_budget=f"{suite.budget_seconds:g}s",
+        max_epochs=suite.max_epochs,
+        storage=str(work / "experiments"),
+        name=name,
+        seed=seed,
+        data_dir=data_dir,
+        no_tables=True,
+    )
+    return work / "experiments" / name
+
+
+# -- one dataset ------------------------------------------------------------------------------
+@dataclass
+class DatasetRow:
+    dataset: str
+    input_dim: int
+    train_rows: int
+    reference: str  # what the reference number is: "true NLL", "paper MADE / mask sampling", ""
+    reference_nll: float
+    baselines: dict[str, BaselineResult]
+    sweeps: dict[str, SweepFigures]
+
+    @property
+    def baseline_nll(self) -> float:
+        """The better of the library's defaults and the mask-sampling recipe (the bar a sweep must clear)."""
+        return min((self.baselines[f].test_nll for f in ("defaults", "mask-sampling") if f in self.baselines), default=math.nan)
+
+    def reach_fraction(self) -> float | None:
+        """Guided compute to reach random's final best objective, over guided's total compute."""
+        guided, random = self.sweeps.get("tpe"), self.sweeps.get("random")
+        if guided is None or random is None or not guided.best_so_far or not random.best_so_far:
+            return None
+        reached = compute_to_reach(guided.best_so_far, random.best_so_far[-1][1])
+        return None if reached is None else reached / guided.best_so_far[-1][0]
+
+
+def dataset_source(name: str, work: Path, data_dir: str | None) -> str:
+    """What the sweep loads: a registry name, or the path of a derived set's .npz file."""
+    from benchmarks.derived import DERIVED_SETS, derived_file
+
+    return str(derived_file(name, work / "data", data_dir)) if name in DERIVED_SETS else name
+
+
+def reference(name: str, data: Any) -> tuple[str, float]:
+    from results.paper import paper_made_nll, paper_mask_sampling_nll
+
+    if data.true_test_nll is not None:
+        return "true NLL", float(data.true_test_nll)
+    papers = [v for v in (paper_mask_sampling_nll(name), paper_made_nll(name)) if v is not None]
+    return ("paper's best MADE", min(papers)) if papers else ("", math.nan)
+
+
+def run_dataset(name: str, suite: Suite, args: argparse.Namespace, work: Path, slots: int) -> DatasetRow:
+    import torch
+
+    from made_core.data import load_dataset
+
+    source = dataset_source(name, work, args.data_dir)
+    data = load_dataset(source, data_dir=args.data_dir, download=False, progress=False)
+    label, ref = reference(name, data)
+    row = DatasetRow(name, data.input_dim, len(data.train), label, ref, {}, {})
+    torch.set_num_threads(slots)  # a baseline has the machine to itself, as a sweep does
+    for family in args.baselines:
+        result = run_baseline(family, data, suite.max_epochs, suite.budget_seconds, args.seed)
+        row.baselines[family] = result
+        log(f"{name}: baseline {family}: test {result.test_nll:.3f} ± {result.test_nll_stderr:.3f} "
+            f"({result.epochs} epochs, {result.seconds:.0f} s)")  # fmt: skip
+    grace = max(1, suite.max_epochs // 5)
+    for sampler in args.samplers:
+        path = run_sweep(source, sampler, suite, work, args.seed, args.data_dir, args.verbose)
+        figures = read_sweep(path, sampler, slots, grace, suite.max_epochs)
+        row.sweeps[sampler] = figures
+        log(f"{name}: {sampler} search: test {figures.test_nll:.3f} ± {figures.test_nll_stderr:.3f}, "
+            f"{figures.trials} trials, slot use {figures.slot_use:.2f}; winner {figures.winner}")  # fmt: skip
+    return row
+
+
+# -- the report -------------------------------------------------------------------------------
+def _nll(value: float, stderr: float | None = None) -> str:
+    if not math.isfinite(value):
+        return "-"
+    return f"{value:.2f}" if stderr is None or not math.isfinite(stderr) else f"{value:.2f} ± {stderr:.2f}"
+
+
+def verdicts(row: DatasetRow) -> dict[str, bool | None]:
+    """The issue's checks on one dataset (None where they do not apply)."""
+    guided, random = row.sweeps.get("tpe"), row.sweeps.get("random")
+    out: dict[str, bool | None] = {"beats_random": None, "beats_baseline": None, "within_1pct_of_true": None,
+                                   "reaches_random_in_half": None, "slot_use_ok": None}  # fmt: skip
+    if guided is None:
+        return out
+    if random is not None:
+        out["beats_random"] = guided.test_nll < random.test_nll
+        fraction = row.reach_fraction()
+        out["reaches_random_in_half"] = fraction is not None and fraction <= REACH_TARGET
+    if math.isfinite(row.baseline_nll):
+        out["beats_baseline"] = guided.test_nll < row.baseline_nll
+    if row.reference == "true NLL":
+        out["within_1pct_of_true"] = guided.test_nll <= row.reference_nll * (1 + TRUE_NLL_TOLERANCE)
+    out["slot_use_ok"] = guided.slot_use >= SLOT_USE_TARGET
+    return out
+
+
+def table_rows(rows: Sequence[DatasetRow]) -> pd.DataFrame:
+    """search_benchmark.csv: one row per dataset, every figure the markdown shows."""
+    records = []
+    for row in rows:
+        record: dict[str, Any] = {"dataset": row.dataset, "input_dim": row.input_dim, "train_rows": row.train_rows,
+                                  "reference": row.reference, "reference_nll": row.reference_nll}  # fmt: skip
+        for family, result in row.baselines.items():
+            record[f"{family}_test_nll"] = result.test_nll
+            record[f"{family}_seconds"] = round(result.seconds, 1)
+        for sampler, sweep in row.sweeps.items():
+            for key in (
+                "test_nll",
+                "test_nll_stderr",
+                "valid_nll",
+                "sweep_valid_nll",
+                "trials",
+                "fit_seconds",
+                "slot_use",
+                "reselected",
+            ):
+                record[f"{sampler}_{key}"] = getattr(sweep, key)
+            record[f"{sampler}_winner"] = sweep.winner
+            record[f"{sampler}_winner_config"] = json.dumps(sweep.winner_config, sort_keys=True)
+        record["reach_fraction"] = row.reach_fraction()
+        record.update(verdicts(row))
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def _mark(value: bool | None) -> str:
+    return "" if value is None else ("yes" if value else "**no**")
+
+
+def render_markdown(rows: Sequence[DatasetRow], suite_name: str, suite: Suite, header: dict[str, str]) -> str:
+    lines = [
+        f"# Search benchmark: suite `{suite_name}`, {suite.budget_seconds / 60:g} min per sweep",
+        "",
+        *(f"- {key}: {value}" for key, value in header.items()),
+        "",
+        "Test NLL in nats (± stderr). *Baseline*: the better of one run of the library's defaults and one of the "
+        "paper's mask-sampling recipe; *single*: one plain single-mask MADE. *Reach*: the share of the guided "
+        "search's compute it took to reach random search's final best validation NLL. *Slot use*: trial time / "
+        "(sweep time x slots).",
+        "",
+        "| dataset | D | train | reference | baseline | single | guided (TPE) | trials | slot use | random | trials "
+        "| slot use | reach | guided winner |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        guided, random = row.sweeps.get("tpe"), row.sweeps.get("random")
+        single = row.baselines.get("single-mask")
+        fraction = row.reach_fraction()
+        cells = [
+            row.dataset, str(row.input_dim), str(row.train_rows),
+            f"{_nll(row.reference_nll)} ({row.reference})" if row.reference else "-",
+            _nll(row.baseline_nll),
+            _nll(single.test_nll) if single else "-",
+            _nll(guided.test_nll, guided.test_nll_stderr) if guided else "-",
+            str(guided.trials) if guided else "-", f"{guided.slot_use:.2f}" if guided else "-",
+            _nll(random.test_nll, random.test_nll_stderr) if random else "-",
+            str(random.trials) if random else "-", f"{random.slot_use:.2f}" if random else "-",
+            "not reached" if fraction is None and guided and random else f"{fraction:.2f}" if fraction is not None else "-",
+            guided.winner if guided else "-",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Checks", "", "| dataset | beats random | beats baseline | within 1% of true NLL | reach ≤ 0.5 "
+              "| slot use ≥ 0.9 |", "|---|---|---|---|---|---|"]  # fmt: skip
+    totals: dict[str, list[bool]] = {}
+    for row in rows:
+        checks = verdicts(row)
+        for key, value in checks.items():
+            if value is not None:
+                totals.setdefault(key, []).append(value)
+        lines.append(f"| {row.dataset} | " + " | ".join(_mark(v) for v in checks.values()) + " |")
+    lines.append("| **passed** | " + " | ".join(f"{sum(v)}/{len(v)}" if (v := totals.get(k)) else "" for k in
+                                                 verdicts(rows[0]).keys()) + " |")  # fmt: skip
+    lines += ["", "## Objective: what the sweep said of its winner, and the delivered model", "",
+              "| dataset | search | sweep objective | valid NLL, test-time ensemble | test NLL | re-selection changed the pick |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in rows:
+        for sampler, sweep in row.sweeps.items():
+            lines.append(
+                f"| {row.dataset} | {sampler} | {sweep.sweep_valid_nll:.2f} | {sweep.valid_nll:.2f} | {sweep.test_nll:.2f} |"
+            )
+    lines += ["", "## Would ASHA have stopped the final winner?", "",
+              "Per rung: sweeps whose winner reached it, and how many of those winners were outside the best third "
+              "of all trials at that epoch.", "", "| rung (epoch) | winners judged | would have been stopped |",
+              "|---|---|---|"]  # fmt: skip
+    counts: dict[int, list[bool]] = {}
+    for row in rows:
+        for sweep in row.sweeps.values():
+            for rung, stopped in sweep.winner_rungs.items():
+                counts.setdefault(rung, []).append(stopped)
+    for rung in sorted(counts):
+        lines.append(f"| {rung} | {len(counts[rung])} | {sum(counts[rung])} |")
+    lines += ["", "## Baselines", "", "| dataset | " + " | ".join(BASELINES) + " |", "|---|" + "---|" * len(BASELINES)]
+    for row in rows:
+        cells = [f"{_nll(b.test_nll, b.test_nll_stderr)} ({b.epochs} ep, {b.seconds:.0f} s)" if (b := row.baselines.get(f)) else "-"
+                 for f in BASELINES]  # fmt: skip
+        lines.append(f"| {row.dataset} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[DatasetRow], path: Path) -> None:
+    """Best validation NLL so far against compute, guided vs random, one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(rows))
+    lines = math.ceil(len(rows) / columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(4 * columns, 3.2 * lines), squeeze=False)
+    for axis, row in zip(axes.flat, rows, strict=False):
+        for sampler, sweep in row.sweeps.items():
+            if sweep.best_so_far:
+                compute, best = zip(*sweep.best_so_far, strict=True)
+                axis.step(np.array(compute) / 60, best, where="post", label=f"{sampler} (test {sweep.test_nll:.2f})")
+        finite = [b for s in row.sweeps.values() for _, b in s.best_so_far[len(s.best_so_far) // 10 :] if math.isfinite(b)]
+        if finite:
+            axis.set_ylim(min(finite) - 0.02 * abs(min(finite)), max(finite))
+        axis.set_title(row.dataset)
+        axis.set_xlabel("trial compute (CPU-minutes)")
+        axis.set_ylabel("best valid NLL so far")
+        axis.legend(fontsize=8)
+    for axis in list(axes.flat)[len(rows) :]:
+        axis.axis("off")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def header(argv: Sequence[str]) -> dict[str, str]:
+    """The run's command, commit (taken when it starts) and machine."""
+    from made_core.machine import cpu_model
+    from search.provenance import provenance
+
+    info = provenance()
+    commit = info.get("git_commit") or "unknown"
+    dirty = " (with uncommitted changes)" if info.get("git_dirty") else ""
+    return {
+        "command": f"`{shlex.join(['python', '-m', 'benchmarks.search', *argv])}`",
+        "commit": f"{commit}{dirty}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
+    }
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from made_core.files import user_cache_dir
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.search", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", choices=tuple(SUITES), default="standard", help="datasets and budget (default: standard)")
+    parser.add_argument("--datasets", default=None, help="comma-separated subset of the suite's datasets")
+    parser.add_argument("--budget", type=float, default=None, help="seconds per sweep (default: the suite's)")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated: tpe, random")
+    parser.add_argument(
+        "--baselines", default=",".join(BASELINES), help=f"comma-separated among {', '.join(BASELINES)}; '' for none"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=os.environ.get("MADE_DATA_DIR"), help="folder of the .npz files ($MADE_DATA_DIR)")
+    parser.add_argument("--work", default=str(user_cache_dir() / "search-benchmark"), help="sweeps and derived data go here")
+    parser.add_argument("--output", default="results", help="folder for search_benchmark.{csv,md,png}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="the sweeps' own progress lines too")
+    args = parser.parse_args(argv)
+    args.samplers = [s for s in args.samplers.split(",") if s]
+    args.baselines = [b for b in args.baselines.split(",") if b]
+    for value, allowed, flag in ((args.samplers, SAMPLERS, "--samplers"), (args.baselines, tuple(BASELINES), "--baselines")):
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            parser.error(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    return args
+
+
+def write_report(rows: list[DatasetRow], args: argparse.Namespace, suite: Suite, run: dict[str, str], started: float,
+                 work: Path) -> str:  # fmt: skip
+    """search_benchmark.{csv,md,png} in --output (and every figure as JSON in the work folder)."""
+    from results.storage import atomic_write_csv, atomic_write_text
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(output / "search_benchmark.csv", table_rows(rows))
+    elapsed = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {(time.time() - started) / 60:.0f} min in all"
+    text = render_markdown(
+        rows, args.suite, suite, {**run, "finished": elapsed, "datasets": f"{len(rows)}/{len(suite.datasets)}"}
+    )
+    atomic_write_text(output / "search_benchmark.md", text)
+    plot(rows, output / "search_benchmark.png")
+    atomic_write_text(work / "rows.json", json.dumps([asdict(r) for r in rows], default=str, indent=1))
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    suite = SUITES[args.suite]
+    datasets = tuple(args.datasets.split(",")) if args.datasets else suite.datasets
+    unknown = sorted(set(datasets) - set(suite.datasets) - set(SUITES["standard"].datasets) - set(SUITES["smoke"].datasets))
+    if unknown:
+        print(f"error: --datasets: not benchmark datasets: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    suite = Suite(datasets, suite.budget_seconds if args.budget is None else args.budget, suite.max_epochs)
+    work = Path(args.work).expanduser() / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    slots = os.cpu_count() or 1
+    started = time.time()
+    log(f"search benchmark: {len(datasets)} datasets, {suite.budget_seconds:g} s per sweep, searches {args.samplers}, "
+        f"baselines {args.baselines}; work folder {work}")  # fmt: skip
+    run = header(argv)
+    rows: list[DatasetRow] = []
+    for index, name in enumerate(datasets, start=1):
+        log(f"dataset {index}/{len(datasets)}: {name}")
+        rows.append(run_dataset(name, suite, args, work, slots))
+        text = write_report(rows, args, suite, run, started, work)  # after every dataset: a cut run keeps its rows
+    print(text)
+    log(f"written: {Path(args.output) / 'search_benchmark.md'}, .csv, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

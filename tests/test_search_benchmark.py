@@ -1,0 +1,224 @@
+"""The search benchmark (benchmarks/search.py), the objective's ensemble extrapolation, the
+sampler choice, own-file datasets, and when trials checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+from driver_processes import ROOT
+
+from benchmarks.derived import DERIVED_SETS, derive, pool_2x2
+from benchmarks.search import (
+    SUITES,
+    BaselineResult,
+    DatasetRow,
+    SweepFigures,
+    best_so_far,
+    compute_to_reach,
+    render_markdown,
+    slot_use,
+    table_rows,
+    verdicts,
+    winner_stopped_at,
+)
+from made_core.config import TrainConfig
+from made_core.data import Splits
+from made_core.ensembles import ensemble_size_curve, extrapolated_nll
+from made_core.evaluate import ensemble_nlls, mask_log_probs
+from made_core.train import Trainer
+from search.run import main, make_plan, parse_args
+from search.trainable import TrialSettings, objective_target_masks, should_checkpoint
+from search.tuner import asha_rungs, make_sampler
+
+
+# -- the objective: ensemble size curve and its extrapolation ----------------------------------
+def test_extrapolation_is_exact_on_a_power_law_and_keeps_measured_sizes():
+    law = {k: 80.0 + 6.0 * k**-0.5 for k in (1, 2, 4, 8)}
+    assert extrapolated_nll(law, 8) == law[8] and extrapolated_nll(law, 2) == law[2]
+    for target in (32, 256):
+        assert extrapolated_nll(law, target) == pytest.approx(80.0 + 6.0 * target**-0.5, abs=1e-9)
+    flat = {1: 50.0, 2: 50.0, 4: 50.0, 8: 50.0}
+    assert extrapolated_nll(flat, 256) == 50.0  # no gain measured, none invented
+    worse = {1: 50.0, 2: 49.0, 4: 49.5}
+    assert extrapolated_nll(worse, 64) == 49.5
+    # Gains shrinking by too little are capped, so the estimate stays finite and below the last point.
+    slow = {1: 10.0, 2: 9.0, 4: 8.0, 8: 7.0}
+    assert 7.0 - 1.0 * 0.9 * (1 - 0.9**5) / 0.1 == pytest.approx(extrapolated_nll(slow, 256))
+
+
+def test_ensemble_size_curve_averages_disjoint_groups():
+    model_rows = torch.randn(8, 50, dtype=torch.float64) - 5.0  # (K, N) per-mask log-likelihoods
+    curve = ensemble_size_curve(model_rows)
+    assert list(curve) == [1, 2, 4, 8]
+    assert curve[1] == pytest.approx(float(-model_rows.mean()))
+    whole = torch.logsumexp(model_rows, 0) - math.log(8)
+    assert curve[8] == pytest.approx(float(-whole.mean()))
+    pairs = [torch.logsumexp(model_rows[i : i + 2], 0) - math.log(2) for i in range(0, 8, 2)]
+    assert curve[2] == pytest.approx(float(-torch.stack(pairs).mean()))
+    assert curve[1] > curve[2] > curve[4] > curve[8]  # Jensen: averaging probabilities only helps
+
+
+def test_trainer_validates_with_the_extrapolated_test_ensemble(synthetic_rows):
+    train, valid = synthetic_rows
+    common = dict(hidden_sizes=(32,), num_masks=32, ordering="agnostic", max_epochs=2, patience=5, seed=3)
+    measured = Trainer(TrainConfig(**common), train, valid)
+    target = Trainer(TrainConfig(**common, valid_target_masks=32), train, valid)
+    first, second = measured.run_epoch(), target.run_epoch()
+    per_mask = mask_log_probs(target.model, valid, 8)
+    assert first.valid_nll == pytest.approx(ensemble_nlls(measured.model, valid, [8])[8].mean)
+    assert second.valid_nll == pytest.approx(extrapolated_nll(ensemble_size_curve(per_mask), 32))
+    assert second.valid_nll < first.valid_nll  # same weights (same seed), more masks estimated
+    with pytest.raises(ValueError, match="valid_target_masks=64 is not an ensemble size"):
+        TrainConfig(**common, valid_target_masks=64)
+
+
+@pytest.fixture
+def synthetic_rows():
+    generator = np.random.default_rng(0)
+    return (generator.random((200, 12)) < 0.3).astype(np.float32), (generator.random((60, 12)) < 0.3).astype(np.float32)
+
+
+def test_objective_targets_the_models_test_ensemble():
+    settings = TrialSettings(max_epochs=10, patience=5, seed=0)
+    assert objective_target_masks({"num_masks": 1}, settings) == 1
+    assert objective_target_masks({"num_masks": 32}, settings) == 32
+    assert objective_target_masks({"num_masks": 0}, settings) == 256  # mask sampling: the largest candidate
+    capped = TrialSettings(max_epochs=10, patience=5, seed=0, test_masks=16)
+    assert objective_target_masks({"num_masks": 8}, capped) == 8 and objective_target_masks({"num_masks": 0}, capped) == 16
+    measured = TrialSettings(max_epochs=10, patience=5, seed=0, objective="valid-ensemble")
+    assert objective_target_masks({"num_masks": 32}, measured) is None
+
+
+# -- checkpoints and rungs ----------------------------------------------------------------------
+def test_trials_checkpoint_at_rungs_by_time_and_at_the_end():
+    assert asha_rungs(40, 200) == [40, 120] and asha_rungs(1, 8) == [1, 3] and asha_rungs(5, 5) == []
+    timed = TrialSettings(max_epochs=200, patience=30, seed=0, checkpoint_seconds=10.0, rung_epochs=(40, 120))
+    assert not should_checkpoint(timed, 7, done=False, seconds_since_last=2.0)
+    assert should_checkpoint(timed, 7, done=False, seconds_since_last=10.5)
+    assert should_checkpoint(timed, 40, done=False, seconds_since_last=0.1)  # ASHA may stop it here
+    assert should_checkpoint(timed, 13, done=True, seconds_since_last=0.1)
+    every = TrialSettings(max_epochs=200, patience=30, seed=0, checkpoint_every=5)
+    assert should_checkpoint(every, 10, False, 0.0) and not should_checkpoint(every, 11, False, 99.0)
+
+
+# -- sampler and own dataset files --------------------------------------------------------------
+def test_random_sampler_is_the_baseline_search(tmp_path):
+    common = ["--dataset", "synthetic-tiny", "--storage", str(tmp_path / "runs")]
+    guided, _ = make_plan(parse_args([*common, "--name", "guided"]))
+    random, _ = make_plan(parse_args([*common, "--name", "random", "--sampler", "random"]))
+    assert isinstance(make_sampler(guided), optuna.samplers.TPESampler)
+    assert isinstance(make_sampler(random), optuna.samplers.RandomSampler)
+
+
+def test_an_own_npz_file_is_a_dataset_named_by_its_stem(tmp_path, capsys):
+    rows = (np.random.default_rng(1).random((30, 6)) < 0.5).astype(np.float32)
+    path = tmp_path / "coins.npz"
+    np.savez(path, train_data=rows, valid_data=rows[:10], test_data=rows[:10])
+    plan, _ = make_plan(parse_args(["--dataset", str(path), "--storage", str(tmp_path / "runs")]))
+    assert plan.dataset == "coins" and plan.data_source == str(path.resolve()) and plan.name.startswith("coins-default-")
+    assert main(["--dataset", str(tmp_path / "absent.npz"), "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "absent.npz: no such file" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# -- derived sets -------------------------------------------------------------------------------
+def test_pooling_is_a_2x2_or():
+    image = np.zeros((1, 28, 28), dtype=np.float32)
+    image[0, 0, 1] = 1.0  # block (0, 0)
+    image[0, 27, 27] = 1.0  # block (13, 13)
+    pooled = pool_2x2(image.reshape(1, 784)).reshape(14, 14)
+    assert pooled.sum() == 2 and pooled[0, 0] == 1 and pooled[13, 13] == 1
+
+
+def test_derived_sets_cut_the_first_rows_deterministically():
+    generator = np.random.default_rng(2)
+    split = lambda n: (generator.random((n, 784)) < 0.2).astype(np.float32)  # noqa: E731
+    mnist = Splits("mnist", 784, split(600), split(2100), split(5100), None, None, "")
+    small = derive(DERIVED_SETS["mnist-500"], mnist)
+    assert small["train_data"].shape == (500, 784) and np.array_equal(small["train_data"], mnist.train[:500])
+    assert small["valid_data"].shape == (2000, 784) and small["test_data"].shape == (2000, 784)
+    assert derive(DERIVED_SETS["mnist-pooled"], mnist)["test_data"].shape == (5000, 196)
+
+
+# -- the benchmark's figures --------------------------------------------------------------------
+def _history(times, steps, values, epochs=None):
+    epochs = epochs or list(range(1, len(values) + 1))
+    return pd.DataFrame({"timestamp": times, "time_this_iter_s": steps, "best_valid_nll": values, "epoch": epochs})
+
+
+def test_best_so_far_and_compute_to_reach():
+    first = _history([1, 3, 5], [1.0, 1.0, 1.0], [10.0, 9.0, 8.0])
+    second = _history([2, 4], [2.0, 2.0], [9.5, 7.0])
+    curve = best_so_far([first, second, pd.DataFrame()])
+    assert curve == [(1.0, 10.0), (3.0, 9.5), (4.0, 9.0), (6.0, 7.0), (7.0, 7.0)]
+    assert compute_to_reach(curve, 9.0) == 4.0 and compute_to_reach(curve, 6.0) is None
+    assert slot_use(90.0, 50.0, 2) == pytest.approx(0.9) and math.isnan(slot_use(1.0, 0.0, 2))
+
+
+def test_winner_stopped_at_judges_the_winner_against_every_trial_at_the_rung():
+    histories = {
+        "a": _history([1, 2], [1, 1], [5.0, 4.0]),
+        "b": _history([1, 2], [1, 1], [6.0, 5.0]),
+        "c": _history([1, 2], [1, 1], [7.0, 3.0]),  # slow starter, best at the end
+        "d": _history([1, 2], [1, 1], [8.0, 6.0]),
+    }
+    assert winner_stopped_at(histories, "c", [1, 2]) == {1: True, 2: False}
+    assert winner_stopped_at(histories, "b", [1, 2]) == {1: False, 2: True}
+    assert winner_stopped_at({"a": histories["a"]}, "a", [1]) == {}  # too few trials to judge
+
+
+def _sweep(sampler, test, curve):
+    return SweepFigures(sampler, f"x-{sampler}", test, 0.1, test, test, 10, 100.0, 190.0, 0.95, "1×500", {},
+                        False, curve, {40: False})  # fmt: skip
+
+
+def test_report_has_the_checks_and_the_reach_fraction():
+    row = DatasetRow(
+        "synthetic-x", 20, 1000, "true NLL", 10.0,
+        {"defaults": BaselineResult("defaults", 10.5, 0.1, 8, 30, 3.0),
+         "mask-sampling": BaselineResult("mask-sampling", 10.4, 0.1, 256, 30, 3.0)},
+        {"tpe": _sweep("tpe", 10.05, [(10.0, 11.0), (40.0, 10.2), (100.0, 10.0)]),
+         "random": _sweep("random", 10.2, [(10.0, 11.0), (100.0, 10.2)])},
+    )  # fmt: skip
+    assert row.baseline_nll == 10.4 and row.reach_fraction() == pytest.approx(0.4)
+    assert verdicts(row) == {"beats_random": True, "beats_baseline": True, "within_1pct_of_true": True,
+                             "reaches_random_in_half": True, "slot_use_ok": True}  # fmt: skip
+    text = render_markdown([row], "smoke", SUITES["smoke"], {"command": "`x`"})
+    assert (
+        "| synthetic-x | 20 | 1000 | 10.00 (true NLL) | 10.40 |" in text
+        and "| **passed** | 1/1 | 1/1 | 1/1 | 1/1 | 1/1 |" in text
+    )
+    frame = table_rows([row])
+    assert frame.loc[0, "tpe_test_nll"] == 10.05 and frame.loc[0, "reach_fraction"] == pytest.approx(0.4)
+
+
+def test_unknown_benchmark_input_is_one_line_and_exit_2():
+    run = subprocess.run([sys.executable, "-m", "benchmarks.search", "--datasets", "imagenet"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 2 and "not benchmark datasets: imagenet" in run.stderr and run.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_smoke_suite_writes_its_table_csv_and_figure(tmp_path, ray_env):
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.search", "--suite", "smoke", "--budget", "15", "--baselines", "single-mask",
+         "--output", str(tmp_path / "out"), "--work", str(tmp_path / "work")],
+        cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    text = (tmp_path / "out" / "search_benchmark.md").read_text()
+    assert "| synthetic-tiny | 10 | 1000 |" in text and "## Would ASHA have stopped the final winner?" in text
+    frame = pd.read_csv(tmp_path / "out" / "search_benchmark.csv")
+    assert frame.loc[0, "tpe_trials"] >= 2 and frame.loc[0, "random_trials"] >= 2
+    assert json.loads(frame.loc[0, "tpe_winner_config"])["hidden_layers"] >= 1
+    assert (tmp_path / "out" / "search_benchmark.png").stat().st_size > 10_000
+    assert "baseline single-mask" in run.stdout and "tpe search: test" in run.stdout
