@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "warm")  # warm: TPE warm-started from the other datasets' sweeps (--warm-start-from)
 SLOT_USE_TARGET = 0.9
 TRUE_NLL_TOLERANCE = 0.01  # the default search should come within 1% of a synthetic set's true NLL
 REACH_TARGET = 0.5  # guided search should reach random's final best in at most half its compute
@@ -208,21 +208,35 @@ def read_sweep(path: Path, sampler: str, slots: int, grace_period: int, max_epoc
     )
 
 
-def run_sweep(source: str, sampler: str, suite: Suite, work: Path, seed: int, data_dir: str | None, verbose: bool) -> Path:
+def warm_sources(folder: Path, dataset: str) -> list[str]:
+    """The guided sweeps of every other dataset under an earlier benchmark run's work ``folder``:
+    a warm start from sets the new one has never seen."""
+    sources = []
+    for experiment in sorted((folder / "experiments").glob("*-tpe")):
+        info = json.loads((experiment / "experiment.json").read_text())
+        if info.get("dataset") != dataset and (experiment / "trials.csv").exists():
+            sources.append(str(experiment))
+    return sources
+
+
+def run_sweep(
+    source: str, sampler: str, suite: Suite, work: Path, args: argparse.Namespace, warm_start: list[str] | None = None
+) -> Path:
     """One budget-driven sweep of the default space (no --num-samples) through ``search.sweep``."""
     from search import sweep
 
     name = f"{Path(source).stem}-{sampler}"
-    logging.getLogger("search").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("search").setLevel(logging.INFO if args.verbose else logging.WARNING)
     sweep(
         source,
-        sampler=sampler,
+        sampler="random" if sampler == "random" else "tpe",
+        warm_start=warm_start,
         time_budget=f"{suite.budget_seconds:g}s",
         max_epochs=suite.max_epochs,
         storage=str(work / "experiments"),
         name=name,
-        seed=seed,
-        data_dir=data_dir,
+        seed=args.seed,
+        data_dir=args.data_dir,
         no_tables=True,
     )
     return work / "experiments" / name
@@ -286,7 +300,11 @@ def run_dataset(name: str, suite: Suite, args: argparse.Namespace, work: Path, s
             f"({result.epochs} epochs, {result.seconds:.0f} s)")  # fmt: skip
     grace = max(1, suite.max_epochs // 5)
     for sampler in args.samplers:
-        path = run_sweep(source, sampler, suite, work, args.seed, args.data_dir, args.verbose)
+        warm = warm_sources(Path(args.warm_start_from), data.name) if sampler == "warm" else None
+        if warm == []:
+            log(f"{name}: no other dataset's sweep under {args.warm_start_from}; warm search skipped")
+            continue
+        path = run_sweep(source, sampler, suite, work, args, warm)
         figures = read_sweep(path, sampler, slots, grace, suite.max_epochs)
         row.sweeps[sampler] = figures
         log(f"{name}: {sampler} search: test {figures.test_nll:.3f} ± {figures.test_nll_stderr:.3f}, "
@@ -415,6 +433,14 @@ def render_markdown(rows: Sequence[DatasetRow], suite_name: str, suite: Suite, h
                 counts.setdefault(rung, []).append(stopped)
     for rung in sorted(counts):
         lines.append(f"| {rung} | {len(counts[rung])} | {sum(counts[rung])} |")
+    warm_rows = [row for row in rows if "warm" in row.sweeps]
+    if warm_rows:
+        lines += ["", "## Warm start from the other datasets' guided sweeps", "",
+                  "| dataset | guided | guided, warm-started | warm winner |", "|---|---|---|---|"]  # fmt: skip
+        for row in warm_rows:
+            guided, warm = row.sweeps.get("tpe"), row.sweeps["warm"]
+            lines.append(f"| {row.dataset} | {_nll(guided.test_nll, guided.test_nll_stderr) if guided else '-'} "
+                         f"| {_nll(warm.test_nll, warm.test_nll_stderr)} | {warm.winner} |")  # fmt: skip
     lines += ["", "## Baselines", "", "| dataset | " + " | ".join(BASELINES) + " |", "|---|" + "---|" * len(BASELINES)]
     for row in rows:
         cells = [f"{_nll(b.test_nll, b.test_nll_stderr)} ({b.epochs} ep, {b.seconds:.0f} s)" if (b := row.baselines.get(f)) else "-"
@@ -475,11 +501,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--suite", choices=tuple(SUITES), default="standard", help="datasets and budget (default: standard)")
     parser.add_argument("--datasets", default=None, help="comma-separated subset of the suite's datasets")
     parser.add_argument("--budget", type=float, default=None, help="seconds per sweep (default: the suite's)")
-    parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated: tpe, random")
+    parser.add_argument("--samplers", default="tpe,random", help="comma-separated: tpe, random, warm")
     parser.add_argument(
         "--baselines", default=",".join(BASELINES), help=f"comma-separated among {', '.join(BASELINES)}; '' for none"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--warm-start-from",
+        default=None,
+        help="an earlier run's work folder: the 'warm' search starts from its other datasets' sweeps",
+    )
     parser.add_argument("--data-dir", default=os.environ.get("MADE_DATA_DIR"), help="folder of the .npz files ($MADE_DATA_DIR)")
     parser.add_argument("--work", default=str(user_cache_dir() / "search-benchmark"), help="sweeps and derived data go here")
     parser.add_argument("--output", default="results", help="folder for search_benchmark.{csv,md,png}")
@@ -487,6 +518,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.samplers = [s for s in args.samplers.split(",") if s]
     args.baselines = [b for b in args.baselines.split(",") if b]
+    if "warm" in args.samplers and not args.warm_start_from:
+        parser.error("--samplers warm needs --warm-start-from (an earlier run's work folder)")
     for value, allowed, flag in ((args.samplers, SAMPLERS, "--samplers"), (args.baselines, tuple(BASELINES), "--baselines")):
         unknown = sorted(set(value) - set(allowed))
         if unknown:

@@ -85,6 +85,7 @@ class ExperimentRun(TypedDict, total=False):
 class ExperimentOptional(TypedDict, total=False):
     """Keys an experiment.json carries only where they apply (EXPERIMENT_OPTIONAL_KEYS)."""
 
+    warm_start: dict[str, Any]  # {"sources": [...], "points": [...]}: start points taken from earlier sweeps
     fit_seconds: float  # how long Ray Tune ran the trials (wall time, summed over resumes): slot use's denominator
     data_file: str  # an own .npz dataset: its absolute path (``dataset`` is then its stem)
     data_note: str  # free text copied into the best table's `note` column

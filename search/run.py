@@ -115,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="tpe",
         help="Optuna sampler: tpe (guided: multivariate TPE) or random (the baseline search guided search must beat)",
     )
+    add(
+        "--warm-start",
+        action="append",
+        default=None,
+        metavar="SOURCE",
+        help="start from the best configurations of earlier sweeps: an experiment folder, a storage of them, "
+        "or a results table (trials.csv, best_test_nll.csv); repeatable (unset: the space's start points only)",
+    )
+    add("--warm-start-count", type=int, default=3, help="configurations taken from each dataset of a --warm-start source")
     add("--seed", type=int, default=0, help="seed of the sampler and of every trial")
     add("--data-dir", default=None, help="folder of .npz files (unset: $MADE_DATA_DIR, else a cache dir)")
     add(
@@ -283,7 +292,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if args.grace_period is None:
         # Generous by default: ensembles of many masks learn slowly at first and end best.
         args.grace_period = max(1, args.max_epochs // 5)
-    for flag in ("num_samples", "max_epochs", "grace_period", "patience", "checkpoint_every", "finalists"):
+    for flag in ("num_samples", "max_epochs", "grace_period", "patience", "checkpoint_every", "finalists", "warm_start_count"):
         value = getattr(args, flag)
         if value is None:  # --num-samples unset
             continue
@@ -373,6 +382,14 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         num_samples is not None or time_budget is not None,
         f"{name} runs trials until its time budget is spent: give --time-budget to resume it",
     )
+    if previous:
+        warm_points = tuple(previous.get("warm_start", {}).get("points", []))
+    else:
+        from search.warm_start import warm_start_points
+
+        warm_points = tuple(warm_start_points(args.warm_start or [], space, dataset, args.warm_start_count))
+        if args.warm_start and not warm_points:
+            logger.warning("--warm-start: every configuration found is already a start point of the space; none added")
     plan = SweepPlan(
         dataset=dataset,
         data_source=data_source,
@@ -398,6 +415,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         checkpoint_every=args.checkpoint_every,
         checkpoint_seconds=args.checkpoint_seconds,
         finalists=args.finalists,
+        warm_start=warm_points,
         objective=str(previous.get("settings", {}).get("objective") or args.objective),
         tracking=args.tracking,
         verbose=args.verbose,
@@ -506,6 +524,9 @@ def experiment_info(
         # The time budget can end a sweep before every trial ran; the sweep still reports.
         # Without a trial count only the budget ends a sweep.
         info["stopped_by_time_budget"] = status == "finished" and (plan.num_samples is None or num_trials < plan.num_samples)
+    if plan.warm_start:
+        sources = previous.get("warm_start", {}).get("sources") or run["settings"].get("warm_start") or []
+        info["warm_start"] = {"sources": list(sources), "points": [dict(point) for point in plan.warm_start]}
     if fit_seconds is not None:
         info["fit_seconds"] = round(float(previous.get("fit_seconds", 0.0)) + fit_seconds, 1)
     if plan.data_source != plan.dataset:

@@ -43,6 +43,11 @@ def _checked_value(action: argparse.Action, value: Any, where: str) -> Any:
         if action.required or _is_flag(action):
             raise UsageError(f"{where}: null is not allowed")
         return None
+    if isinstance(action, argparse._AppendAction):  # a repeatable option: one text or a list of them
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise UsageError(f"{where}: expected text or a list of texts, got {type(value).__name__} {value!r}")
+        return list(items)
     if _is_flag(action):
         if not isinstance(value, bool):
             raise UsageError(f"{where}: expected true or false, got {value!r}")

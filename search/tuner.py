@@ -54,6 +54,7 @@ class SweepPlan:
     checkpoint_every: int | None  # None: checkpoints by time (checkpoint_seconds), rungs and the last epoch
     checkpoint_seconds: float
     finalists: int  # top trials re-evaluated with their test-time ensembles before the test
+    warm_start: tuple[dict[str, Any], ...]  # start points from earlier sweeps, after the space's own
     objective: str = "test-ensemble"  # results.schema.OBJECTIVES
     tracking: str | None = None  # "mlflow" | "wandb": Ray Tune's logger callback for it
     verbose: bool = False  # Ray Tune's own trial table
@@ -155,7 +156,7 @@ def make_searcher(plan: SweepPlan) -> OptunaSearch:
     return MadeOptunaSearch(
         max_epochs=plan.max_epochs,
         space=plan.space.define_by_run(plan.dataset),
-        points_to_evaluate=plan.space.start_points(plan.dataset) or None,
+        points_to_evaluate=[*plan.space.start_points(plan.dataset), *plan.warm_start] or None,
         metric=OBJECTIVE,
         mode="min",
         sampler=sampler,

@@ -119,3 +119,26 @@ def test_experiment_folder_written_is_the_schema_and_reads_back(trial, tiny, tmp
     assert experiment.best is not None and experiment.best["trial_id"] == trial.trial_id
     assert experiment.curves is not None and list(experiment.curves.columns) == list(schema.CURVE_COLUMNS)
     assert experiment.info["optuna_storage"] == plan.optuna_storage  # what --resume reads back
+
+
+def test_the_final_pick_is_the_best_finalist_on_validation_with_its_test_ensemble(trial, tiny, tmp_path):
+    from dataclasses import replace
+
+    from made_core.ensembles import choose_test_masks
+    from made_core.train import load_best_model
+
+    # Two trials of the same run: "early" holds the first epoch's weights (a worse model) but claims
+    # the better sweep objective, as a noisy small-ensemble validation NLL can.
+    early = replace(trial, trial_id="early", checkpoint=tune.Checkpoint.from_directory(str(tmp_path / "trial" / "checkpoint_000000")),
+                    last_result={**trial.last_result, schema.OBJECTIVE: trial.best_valid_nll - 1.0})  # fmt: skip
+    with early.checkpoint.as_directory() as folder:
+        early_valid = choose_test_masks(load_best_model(folder), tiny.valid).valid.mean
+    with trial.checkpoint.as_directory() as folder:
+        final_valid = choose_test_masks(load_best_model(folder), tiny.valid).valid.mean
+    assert final_valid < early_valid
+    best = evaluate_best(tmp_path / "exp", [early, trial], "synthetic-tiny", tiny.valid, tiny.test, None)
+    assert best is not None and best["trial_id"] == trial.trial_id and best["valid_nll"] == pytest.approx(final_valid)
+    assert [f["trial_id"] for f in best["finalists"]] == [trial.trial_id, "early"]
+    assert best["finalists"][1]["sweep_valid_nll"] == pytest.approx(trial.best_valid_nll - 1.0)
+    only_top = evaluate_best(tmp_path / "exp1", [early, trial], "synthetic-tiny", tiny.valid, tiny.test, None, finalists=1)
+    assert only_top is not None and only_top["trial_id"] == "early"

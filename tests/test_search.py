@@ -186,6 +186,9 @@ def test_truncated_newest_checkpoint_of_a_killed_trial_falls_back_to_the_one_bef
         (["--dataset", "dna", "--optuna-storage", "not a url"], "is not an SQLAlchemy URL"),
         (["--dataset", "dna", "--resume"], "--resume: no experiment for dataset dna"),
         (["--dataset", "dna", "--name", "../escape"], "--name '../escape'"),
+        (["--dataset", "dna", "--checkpoint-seconds", "0"], "--checkpoint-seconds must be positive"),
+        (["--dataset", "dna", "--finalists", "0"], "--finalists must be a positive integer"),
+        (["--dataset", "dna", "--warm-start-count", "0"], "--warm-start-count must be a positive integer"),
     ],
 )
 def test_bad_input_exits_2_before_any_work(tmp_path, capsys, argv, message):
