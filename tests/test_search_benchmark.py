@@ -222,3 +222,19 @@ def test_smoke_suite_writes_its_table_csv_and_figure(tmp_path, ray_env):
     assert json.loads(frame.loc[0, "tpe_winner_config"])["hidden_layers"] >= 1
     assert (tmp_path / "out" / "search_benchmark.png").stat().st_size > 10_000
     assert "baseline single-mask" in run.stdout and "tpe search: test" in run.stdout
+
+
+def test_the_fused_kernels_are_built_by_the_driver_before_cpu_trials(tmp_path, monkeypatch):
+    from made_core import fused_adam
+    from search.run import prepare_fused_kernels
+
+    calls = []
+    monkeypatch.setattr(fused_adam, "load_kernels", lambda: calls.append(1))
+    plan, _ = make_plan(parse_args(["--dataset", "synthetic-tiny", "--storage", str(tmp_path / "r")]))
+    assert prepare_fused_kernels(plan) is not None and calls == [1]
+    gpu_plan, _ = make_plan(
+        parse_args(["--dataset", "synthetic-tiny", "--gpus-per-trial", "1", "--storage", str(tmp_path / "r")])
+    )
+    assert prepare_fused_kernels(gpu_plan) is None and calls == [1]
+    monkeypatch.setenv(fused_adam.OPT_OUT_VARIABLE, "0")
+    assert prepare_fused_kernels(plan) is None and calls == [1]
