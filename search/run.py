@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="epochs before ASHA may stop a trial (unset: a fifth of --max-epochs, at least 1)",
     )
+    add(
+        "--brackets",
+        type=int,
+        default=1,
+        help="ASHA brackets: bracket k first judges a trial at grace period x 3^k epochs, so with 2 or more some "
+        "trials (slow starters among them) get a longer first look",
+    )
     add("--patience", type=int, default=30, help="early-stopping patience in epochs (the paper's 30)")
     add(
         "--time-budget",
@@ -292,7 +299,16 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if args.grace_period is None:
         # Generous by default: ensembles of many masks learn slowly at first and end best.
         args.grace_period = max(1, args.max_epochs // 5)
-    for flag in ("num_samples", "max_epochs", "grace_period", "patience", "checkpoint_every", "finalists", "warm_start_count"):
+    for flag in (
+        "num_samples",
+        "max_epochs",
+        "grace_period",
+        "patience",
+        "checkpoint_every",
+        "finalists",
+        "warm_start_count",
+        "brackets",
+    ):
         value = getattr(args, flag)
         if value is None:  # --num-samples unset
             continue
@@ -400,6 +416,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         num_samples=num_samples,
         max_epochs=int(previous.get("max_epochs", args.max_epochs)),
         grace_period=args.grace_period,
+        brackets=int(previous.get("settings", {}).get("brackets") or args.brackets),
         patience=args.patience,
         time_budget_seconds=time_budget,
         cpus_per_trial=args.cpus_per_trial,

@@ -39,6 +39,7 @@ class SweepPlan:
     num_samples: int | None  # None: trials until the time budget is spent
     max_epochs: int
     grace_period: int
+    brackets: int  # ASHA brackets (1: every trial first judged at grace_period)
     patience: int
     time_budget_seconds: float | None
     cpus_per_trial: float
@@ -188,12 +189,19 @@ def tracking_callbacks(plan: SweepPlan, experiment_path: Path) -> list[tune.Call
     return []
 
 
+def make_scheduler(plan: SweepPlan) -> ASHAScheduler:
+    """ASHA with the plan's grace period and brackets.
+
+    Rungs count the trainer's own epochs: a trial restored from an older checkpoint than
+    its last report repeats epochs, and Ray's training_iteration would count them twice."""
+    return ASHAScheduler(
+        time_attr="epoch", max_t=plan.max_epochs, grace_period=plan.grace_period,
+        reduction_factor=REDUCTION_FACTOR, brackets=plan.brackets,
+    )  # fmt: skip
+
+
 def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback, experiment_path: Path) -> tune.Tuner:
-    # Rungs on the trainer's own epoch count: a trial restored from an older checkpoint than
-    # its last report repeats epochs, and Ray's training_iteration would count them twice.
-    scheduler = ASHAScheduler(
-        time_attr="epoch", max_t=plan.max_epochs, grace_period=plan.grace_period, reduction_factor=REDUCTION_FACTOR
-    )
+    scheduler = make_scheduler(plan)
     tune_config = tune.TuneConfig(
         metric=OBJECTIVE,
         mode="min",

@@ -238,3 +238,12 @@ def test_the_fused_kernels_are_built_by_the_driver_before_cpu_trials(tmp_path, m
     assert prepare_fused_kernels(gpu_plan) is None and calls == [1]
     monkeypatch.setenv(fused_adam.OPT_OUT_VARIABLE, "0")
     assert prepare_fused_kernels(plan) is None and calls == [1]
+
+
+def test_brackets_give_some_trials_a_later_first_rung(tmp_path):
+    from search.tuner import make_scheduler
+
+    plan, _ = make_plan(parse_args(["--dataset", "synthetic-tiny", "--brackets", "2", "--storage", str(tmp_path / "r")]))
+    scheduler = make_scheduler(plan)
+    first_rungs = sorted(min(milestone for milestone, _ in bracket._rungs) for bracket in scheduler._brackets)
+    assert plan.brackets == 2 and first_rungs == [40, 120]  # grace 200 // 5, then x 3
