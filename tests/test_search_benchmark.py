@@ -247,3 +247,10 @@ def test_brackets_give_some_trials_a_later_first_rung(tmp_path):
     scheduler = make_scheduler(plan)
     first_rungs = sorted(min(milestone for milestone, _ in bracket._rungs) for bracket in scheduler._brackets)
     assert plan.brackets == 2 and first_rungs == [40, 120]  # grace 200 // 5, then x 3
+
+
+def test_a_budget_driven_sweep_is_guided_after_four_trials(tmp_path):
+    common = ["--dataset", "synthetic-tiny", "--storage", str(tmp_path / "r")]
+    budget, _ = make_plan(parse_args([*common, "--time-budget", "3m"]))
+    counted, _ = make_plan(parse_args([*common, "--num-samples", "60"]))
+    assert make_sampler(budget)._n_startup_trials == 4 and make_sampler(counted)._n_startup_trials == 10
