@@ -42,6 +42,7 @@ import pandas as pd
 
 SAMPLERS = ("tpe", "random", "warm")  # warm: TPE warm-started from the other datasets' sweeps (--warm-start-from)
 SLOT_USE_TARGET = 0.9
+WARM_START_COUNT = 1  # each other dataset's best: six start points fit a short sweep, eighteen would fill it
 TRUE_NLL_TOLERANCE = 0.01  # the default search should come within 1% of a synthetic set's true NLL
 REACH_TARGET = 0.5  # guided search should reach random's final best in at most half its compute
 
@@ -231,6 +232,7 @@ def run_sweep(
         source,
         sampler="random" if sampler == "random" else "tpe",
         warm_start=warm_start,
+        warm_start_count=WARM_START_COUNT,
         time_budget=f"{suite.budget_seconds:g}s",
         max_epochs=suite.max_epochs,
         storage=str(work / "experiments"),
