@@ -422,7 +422,8 @@ def render_markdown(rows: Sequence[DatasetRow], suite_name: str, suite: Suite, h
     for row in rows:
         for sampler, sweep in row.sweeps.items():
             lines.append(
-                f"| {row.dataset} | {sampler} | {sweep.sweep_valid_nll:.2f} | {sweep.valid_nll:.2f} | {sweep.test_nll:.2f} |"
+                f"| {row.dataset} | {sampler} | {sweep.sweep_valid_nll:.2f} | {sweep.valid_nll:.2f} | {sweep.test_nll:.2f} "
+                f"| {'yes' if sweep.reselected else 'no'} |"
             )
     lines += ["", "## Would ASHA have stopped the final winner?", "",
               "Per rung: sweeps whose winner reached it, and how many of those winners were outside the best third "
@@ -466,9 +467,13 @@ def plot(rows: Sequence[DatasetRow], path: Path) -> None:
             if sweep.best_so_far:
                 compute, best = zip(*sweep.best_so_far, strict=True)
                 axis.step(np.array(compute) / 60, best, where="post", label=f"{sampler} (test {sweep.test_nll:.2f})")
-        finite = [b for s in row.sweeps.values() for _, b in s.best_so_far[len(s.best_so_far) // 10 :] if math.isfinite(b)]
-        if finite:
-            axis.set_ylim(min(finite) - 0.02 * abs(min(finite)), max(finite))
+        curves = [s.best_so_far for s in row.sweeps.values() if s.best_so_far]
+        if curves:  # from the lowest final value up to where each curve stood a fifth of the way in
+            low = min(curve[-1][1] for curve in curves)
+            high = max(curve[len(curve) // 5][1] for curve in curves)
+            if math.isfinite(low) and math.isfinite(high):
+                margin = max(high - low, 0.01 * abs(low)) * 0.1
+                axis.set_ylim(low - margin, max(high, low + margin) + margin)
         axis.set_title(row.dataset)
         axis.set_xlabel("trial compute (CPU-minutes)")
         axis.set_ylabel("best valid NLL so far")
