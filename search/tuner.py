@@ -133,6 +133,19 @@ class MadeOptunaSearch(OptunaSearch):
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore, then treat as finished every trial the study already holds as finished.
+
+        Ray snapshots the searcher with the experiment every few seconds, while the study's
+        storage records each trial's end at once: a driver killed between the two resumes
+        trials the study has closed, and Optuna refuses their reports. Their re-run (from the
+        last checkpoint) then leaves the study as it was.
+        """
+        super().restore(checkpoint_path)
+        assert self._ot_study is not None
+        finished = {t.number for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self._completed_trials.update(tid for tid, trial in self._ot_trials.items() if trial.number in finished)
+
 
 def make_sampler(plan: SweepPlan) -> Any:
     """The plan's seeded Optuna sampler: multivariate TPE, or random search (the baseline)."""

@@ -101,8 +101,10 @@ def test_diverging_trial_fails_and_sweep_still_reports(tmp_path, ray_env):
 
 @pytest.mark.slow
 def test_resume_after_driver_killed_loses_nothing(tmp_path, ray_env):
-    common = ["--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "6", "--max-epochs", "8",
-              "--grace-period", "8", "--name", "resumable", "--concurrency", "1"]  # fmt: skip
+    # 150 epochs (a few seconds a trial): with actors reused, trials of a few epochs all finish
+    # within the moment between the second one finishing and the kill.
+    common = ["--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "6", "--max-epochs", "150",
+              "--grace-period", "150", "--patience", "1000", "--name", "resumable", "--concurrency", "1"]  # fmt: skip
     process = start_sweep(tmp_path, ray_env, *common)
     finished_before_kill = kill_after_finished(process, 2, timeout=240)
     experiment = tmp_path / "runs" / "resumable"
@@ -230,6 +232,34 @@ def test_trials_cut_short_are_pruned_for_optuna():
     complete, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
     assert states == [complete, complete, pruned]
     assert searcher._ot_study.best_value == 5.0  # the cut-short 4.0 does not count as a finished result
+
+
+def test_a_restored_searcher_leaves_trials_the_study_finished_alone(tmp_path):
+    # The experiment snapshot (the searcher's pickle) lags the study's storage: a trial that
+    # finished after the last snapshot comes back running, and its re-run must not touch it.
+    from search.tuner import MadeOptunaSearch
+    from spaces import get_space
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    searcher = MadeOptunaSearch(max_epochs=10, space=get_space("quick").define_by_run(), metric="best_valid_nll",
+                                mode="min", sampler=optuna.samplers.TPESampler(seed=0), study_name="s",
+                                storage=optuna.storages.RDBStorage(storage))  # fmt: skip
+    for trial_id in ("done", "running"):
+        searcher.suggest(trial_id)
+        searcher.on_trial_result(trial_id, {"best_valid_nll": 9.0, "training_iteration": 1, "epoch": 1})
+    searcher.save(str(tmp_path / "searcher.pkl"))  # the snapshot: both trials running
+    searcher.on_trial_complete("done", {"best_valid_nll": 5.0, "epoch": 10, "stopped_early": False})
+
+    restored = MadeOptunaSearch(max_epochs=10, space=get_space("quick").define_by_run(), metric="best_valid_nll",
+                                mode="min", sampler=optuna.samplers.TPESampler(seed=0))  # fmt: skip
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    for trial_id in ("done", "running"):  # the re-run "done" reports again; "running" goes on
+        restored.on_trial_result(trial_id, {"best_valid_nll": 4.0, "training_iteration": 2, "epoch": 2})
+        restored.on_trial_complete(trial_id, {"best_valid_nll": 4.0, "epoch": 10, "stopped_early": False})
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [(t.state, t.value) for t in study.trials] == [(optuna.trial.TrialState.COMPLETE, 5.0),
+                                                         (optuna.trial.TrialState.COMPLETE, 4.0)]  # fmt: skip
+    assert 2 not in study.trials[0].intermediate_values
 
 
 def test_parse_duration():
