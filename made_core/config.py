@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from made_core.hyperparameters import DEFAULTS, PARAMETERS, capped_ensemble_size, ensemble_size_allowed, hidden_sizes_problem
+from made_core.precision import DEFAULT_PRECISION, precision_problem
 
 # Validation runs every epoch, so it uses fewer masks than the test (see choose_test_masks).
 DEFAULT_VALID_MASKS = 8
@@ -52,6 +53,7 @@ class TrainConfig:
     valid_target_masks: int | None = None
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    precision: str = DEFAULT_PRECISION  # training steps on CUDA: made_core.precision.PRECISIONS
     eval_batch_size: int = 1000
 
     def __post_init__(self) -> None:
@@ -66,6 +68,8 @@ class TrainConfig:
         for name in ("max_epochs", "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if problem := precision_problem(self.precision):
+            problems.append(problem)
         if self.grad_clip is not None and not self.grad_clip > 0:
             problems.append(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.valid_masks is not None and not ensemble_size_allowed(self.valid_masks, self.num_masks):

@@ -29,6 +29,7 @@ from torch import nn
 from made_core.fused_adam import MaskedAdam
 from made_core.hyperparameters import MASK_SAMPLING
 from made_core.model import MADE
+from made_core.precision import DEFAULT_PRECISION, forward_autocast, step_precision
 
 
 class _TrainingLinear(torch.autograd.Function):
@@ -42,14 +43,18 @@ class _TrainingLinear(torch.autograd.Function):
     ) -> torch.Tensor:  # fmt: skip
         ctx.save_for_backward(x, used_weight, gradient_mask)
         ctx.has_bias = bias is not None
-        return F.linear(x, used_weight, bias)
+        output = F.linear(x, used_weight, bias)
+        ctx.compute_dtype = output.dtype  # bf16 under autocast: the backward matmuls use it too
+        return output
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, used_weight, gradient_mask = ctx.saved_tensors
-        grad_x = grad_output @ used_weight if ctx.needs_input_grad[0] else None
-        grad_weight = grad_output.t() @ x if ctx.needs_input_grad[1] else None
+        dtype = ctx.compute_dtype
+        grad_output = grad_output.to(dtype)
+        grad_x = grad_output @ used_weight.to(dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = (grad_output.t() @ x.to(dtype)).to(used_weight.dtype) if ctx.needs_input_grad[1] else None
         if grad_weight is not None and gradient_mask is not None:
             grad_weight.mul_(gradient_mask)
         grad_bias = grad_output.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
@@ -74,10 +79,15 @@ def training_linear(
 
 class TrainingStep:
     """``step(batch, index)``: one update on ``batch`` (B, D) under the mask of training step
-    ``index``; returns the detached loss on the device (no host sync)."""
+    ``index``; returns the detached loss on the device (no host sync). ``precision``: one of
+    ``made_core.precision.PRECISIONS``, already made effective for the model's device."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None = None) -> None:
-        self.model, self.optimizer, self.grad_clip = model, optimizer, grad_clip
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None = None,
+        precision: str = DEFAULT_PRECISION,
+    ) -> None:  # fmt: skip
+        self.model, self.optimizer, self.grad_clip, self.precision = model, optimizer, grad_clip, precision
+        self.device_type = next(model.parameters()).device.type
 
     def logits(self, x: torch.Tensor, step: int) -> torch.Tensor:
         """(B, D) logits of training step ``step``, with the gradients the optimiser needs."""
@@ -87,13 +97,15 @@ class TrainingStep:
         """Called after every optimiser step."""
 
     def __call__(self, batch: torch.Tensor, step: int) -> torch.Tensor:
-        logits = self.logits(batch, step)
-        loss = F.binary_cross_entropy_with_logits(logits, batch, reduction="sum") / len(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
+        with step_precision(self.precision):
+            with forward_autocast(self.precision, self.device_type):
+                logits = self.logits(batch, step)
+                loss = F.binary_cross_entropy_with_logits(logits, batch, reduction="sum") / len(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
         self.after_update()
         return loss.detach()
 
@@ -122,10 +134,12 @@ class FixedMaskStep(TrainingStep):
 
     model: MADE
 
-    def __init__(self, model: MADE, optimizer: torch.optim.Optimizer, grad_clip: float | None = None) -> None:
+    def __init__(
+        self, model: MADE, optimizer: torch.optim.Optimizer, grad_clip: float | None = None, precision: str = DEFAULT_PRECISION
+    ) -> None:  # fmt: skip
         if model.num_masks != 1:
             raise ValueError(f"FixedMaskStep is for a model with one mask, not {model.num_masks}")
-        super().__init__(model, optimizer, grad_clip)
+        super().__init__(model, optimizer, grad_clip, precision)
         self._versions: tuple[int, ...] | None = None  # the weights' versions when last known cut
 
     def _weight_versions(self) -> tuple[int, ...]:
@@ -158,10 +172,12 @@ class FusedAdamStep(TrainingStep):
     model: MADE
     optimizer: MaskedAdam
 
-    def __init__(self, model: MADE, optimizer: MaskedAdam, grad_clip: float | None = None) -> None:
+    def __init__(
+        self, model: MADE, optimizer: MaskedAdam, grad_clip: float | None = None, precision: str = DEFAULT_PRECISION
+    ) -> None:  # fmt: skip
         if grad_clip is not None:
             raise ValueError("MaskedAdam cannot clip: clipping needs the masked gradients' norm before the update")
-        super().__init__(model, optimizer, None)
+        super().__init__(model, optimizer, None, precision)
 
     def logits(self, x: torch.Tensor, step: int) -> torch.Tensor:
         masked = self.optimizer.masked_weights_for(step)
@@ -169,10 +185,12 @@ class FusedAdamStep(TrainingStep):
         return self.model.network(x, lambda inputs, i: training_linear(inputs, layers[i].weight, layers[i].bias, masked[i], None))
 
 
-def make_training_step(model: MADE, optimizer: torch.optim.Optimizer, grad_clip: float | None = None) -> TrainingStep:
+def make_training_step(
+    model: MADE, optimizer: torch.optim.Optimizer, grad_clip: float | None = None, precision: str = DEFAULT_PRECISION
+) -> TrainingStep:  # fmt: skip
     """The strategy for this model and optimiser (see the module docstring)."""
     if isinstance(optimizer, MaskedAdam):
-        return FusedAdamStep(model, optimizer, grad_clip)
+        return FusedAdamStep(model, optimizer, grad_clip, precision)
     if model.num_masks == 1:
-        return FixedMaskStep(model, optimizer, grad_clip)
-    return MaskProductStep(model, optimizer, grad_clip)
+        return FixedMaskStep(model, optimizer, grad_clip, precision)
+    return MaskProductStep(model, optimizer, grad_clip, precision)

@@ -29,6 +29,7 @@ from made_core.evaluate import NLL, as_tensor, evaluate_nll, mask_log_probs, nll
 from made_core.files import atomic_write, load_torch_file
 from made_core.fused_adam import MaskedAdam, masked_adam_applies
 from made_core.model import MADE, ensemble_log_prob
+from made_core.precision import effective_precision
 from made_core.steps import make_training_step
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -110,7 +111,8 @@ class Trainer:
         self.train_rows = as_tensor(train_data, self.device, torch.float32)
         self.valid_rows = as_tensor(valid_data, self.device, torch.float32)
         self.optimizer = self._make_optimizer()
-        self.train_step = make_training_step(self.model, self.optimizer, config.grad_clip)
+        self.precision = effective_precision(config.precision, self.device)
+        self.train_step = make_training_step(self.model, self.optimizer, config.grad_clip, self.precision)
         self.shuffle_generator = torch.Generator().manual_seed(config.seed)
         self.progress = _Progress()
         self.best_state: dict[str, torch.Tensor] | None = None

@@ -8,6 +8,7 @@ import sys
 from made_core.config import DEFAULT_VALID_MASKS, HYPERPARAMETER_FIELDS, TrainConfig
 from made_core.ensembles import SAMPLING_TEST_MASK_CHOICES, check_test_masks, choose_test_masks, describe_test_mask_choice
 from made_core.hyperparameters import add_flags
+from made_core.precision import PRECISIONS
 from made_core.train import Trainer
 
 
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default=defaults.device)
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=defaults.precision,
+        help="training steps on CUDA: fp32, tf32 (TF32 matmuls) or bf16 (bf16 autocast); the CPU and every NLL stay fp32",
+    )  # fmt: skip
     parser.add_argument("--checkpoint-dir", default=None, help="write a checkpoint here every epoch (unset: none)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     parser.add_argument("--save-model", default=None, help="folder to write the best model (model.pt) to (unset: not saved)")
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(
             hidden_sizes=tuple(args.hidden), **{name: getattr(args, name) for name in HYPERPARAMETER_FIELDS},
             grad_clip=args.grad_clip, max_epochs=args.max_epochs, patience=args.patience,
-            valid_masks=args.valid_masks, seed=args.seed, device=args.device,
+            valid_masks=args.valid_masks, seed=args.seed, device=args.device, precision=args.precision,
         )  # fmt: skip
         check_test_masks(args.test_masks, config.num_masks, "--test-masks")
         data = load_dataset(args.dataset, data_dir=args.data_dir)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from made_core.cli import DefaultsHelpFormatter
+from made_core.precision import DEFAULT_PRECISION, PRECISIONS
 from results import schema
 from results.aggregate import DEFAULT_STORAGE, PUBLISHED_FIGURES_DIR, PUBLISHED_TABLES_DIR
 from results.storage import STAGING_ENV
@@ -103,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved for each trial")
     add("--gpus-per-trial", type=float, default=0.0, help="GPUs for each trial, fractions allowed, e.g. 0.5")
+    add(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help="training steps of GPU trials: fp32, tf32 (TF32 matmuls) or bf16 (bf16 autocast); CPU trials and every "
+        "validation and test NLL stay fp32",
+    )
     add("--concurrency", type=int, default=None, help="trials at once (unset: as many as resources allow)")
     add("--address", default=None, help="join a running Ray cluster (e.g. auto or HOST:6379); unset: start Ray here")
     add("--num-cpus", type=int, default=None, help="CPUs for a locally started Ray (unset: all)")
@@ -421,6 +429,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         time_budget_seconds=time_budget,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
+        precision=args.precision,
         concurrency=args.concurrency,
         seed=int(previous.get("seed", args.seed)),
         sampler=str(previous.get("sampler", args.sampler)),

@@ -25,6 +25,7 @@ from made_core.config import TrainConfig
 from made_core.ensembles import SAMPLING_TEST_MASK_CHOICES
 from made_core.files import CheckpointError
 from made_core.hyperparameters import MASK_SAMPLING, capped_ensemble_size
+from made_core.precision import DEFAULT_PRECISION
 from made_core.train import Trainer
 from results.schema import TrialMetrics
 from results.storage import subfolders
@@ -54,6 +55,7 @@ class TrialSettings:
     objective: str = "test-ensemble"  # results.schema.OBJECTIVES: what the reported validation NLL measures
     checkpoint_seconds: float = 10.0
     rung_epochs: tuple[int, ...] = ()
+    precision: str = DEFAULT_PRECISION  # training steps on a GPU (made_core.precision); CPU trials use fp32
 
 
 def should_checkpoint(settings: TrialSettings, epoch: int, done: bool, seconds_since_last: float) -> bool:
@@ -96,6 +98,8 @@ def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.nd
         valid_masks=_valid_masks(config, settings),
         valid_target_masks=objective_target_masks(config, settings),
         device=device,
+        # A CPU trial of a GPU sweep (e.g. a CPU-only node) trains in fp32 without a warning.
+        precision=settings.precision if device == "cuda" else DEFAULT_PRECISION,
     )
     checkpoint = tune.get_checkpoint()
     trainer = restore_trainer(checkpoint, train_data, valid_data, device) if checkpoint is not None else None

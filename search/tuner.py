@@ -19,6 +19,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from made_core.precision import DEFAULT_PRECISION
 from results.schema import OBJECTIVE
 from search.trainable import TrialSettings, train_made
 from spaces import SearchSpace
@@ -57,6 +58,7 @@ class SweepPlan:
     finalists: int  # top trials re-evaluated with their test-time ensembles before the test
     warm_start: tuple[dict[str, Any], ...]  # start points from earlier sweeps, after the space's own
     objective: str = "test-ensemble"  # results.schema.OBJECTIVES
+    precision: str = DEFAULT_PRECISION  # training steps of GPU trials (made_core.precision)
     tracking: str | None = None  # "mlflow" | "wandb": Ray Tune's logger callback for it
     verbose: bool = False  # Ray Tune's own trial table
 
@@ -76,6 +78,7 @@ class SweepPlan:
             self.objective,
             self.checkpoint_seconds,
             tuple(asha_rungs(self.grace_period, self.max_epochs)),
+            self.precision,
         )
 
 
