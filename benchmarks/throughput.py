@@ -212,12 +212,12 @@ def train_block(
     steps: int,
     batch_size: int,
 ) -> torch.Tensor:
-    """Run ``steps`` training steps as ``Trainer.run_epoch`` does; returns the summed loss.
+    """Run ``steps`` training steps as ``Trainer.train_epoch`` does; returns the summed loss.
 
     Step s is ``train_step`` on minibatch ``s mod (len(order) // batch_size)`` of
     ``rows[order]``. The loss stays on
     the device (the Trainer syncs once per epoch); the caller syncs once per block by reading it.
-    A test checks that this and ``Trainer.run_epoch`` give bit-identical weights.
+    A test checks that this and ``Trainer.train_epoch`` give bit-identical weights.
     """
     total_loss = torch.zeros((), device=rows.device, dtype=torch.float64)
     batches = len(order) // batch_size

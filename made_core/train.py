@@ -1,8 +1,10 @@
 """Training one MADE: minibatches, one mask per minibatch, validation, early stopping, checkpoints.
 
-``Trainer.epochs()`` yields an ``EpochResult`` after every epoch, so a caller (the
+``Trainer.epochs()`` yields an ``EpochResult`` after every validated epoch, so a caller (the
 command line in ``made_core.train_cli``, or a Ray Tune trainable) reports and checkpoints without writing
-its own loop. A checkpoint holds everything needed to continue bit for bit: weights,
+its own loop. Validation runs every ``TrainConfig.validation_interval`` epochs (every epoch
+unless a validation would cost more than a third of the training between two), at the
+``validate_at`` epochs and at the last one; early stopping counts epochs, not validations. A checkpoint holds everything needed to continue bit for bit: weights,
 optimiser, the shuffling generator, the step counter and the early-stopping state.
 
 Run ``python -m made_core.train --dataset dna`` to train one model.
@@ -54,7 +56,10 @@ def fused_kernel_supported(optimizer: str, device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class EpochResult:
-    """What one epoch produced. NLLs are nats per example; validation uses the mask ensemble.
+    """What training up to a validated epoch produced. NLLs are nats per example; validation uses
+    the mask ensemble. ``train_nll`` is the mean over the epochs since the previous result,
+    ``epoch_seconds`` their time with the validation's, and ``examples_per_second`` training
+    rows over that time.
 
     ``status``: "running", or why training ended after this epoch: "finished" (max_epochs),
     "early_stopped" (patience ran out) or "diverged" (a non-finite loss; NLLs are then inf).
@@ -111,6 +116,7 @@ class Trainer:
         self.train_rows = as_tensor(train_data, self.device, torch.float32)
         self.valid_rows = as_tensor(valid_data, self.device, torch.float32)
         self.optimizer = self._make_optimizer()
+        self.validation_interval = config.validation_interval(len(self.train_rows), len(self.valid_rows))
         self.precision = effective_precision(config.precision, self.device)
         self.train_step = make_training_step(self.model, self.optimizer, config.grad_clip, self.precision)
         self.shuffle_generator = torch.Generator().manual_seed(config.seed)
@@ -132,15 +138,38 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------
     def epochs(self) -> Iterator[EpochResult]:
-        """Train epoch by epoch until max_epochs, early stopping or divergence."""
+        """Train until max_epochs, early stopping or divergence; a result per validated epoch."""
         while self.progress.status == "running":
-            yield self.run_epoch()
+            yield self.run_to_validation()
 
-    def run_epoch(self) -> EpochResult:
-        """One pass over the shuffled training rows, one mask per minibatch, then validation."""
+    def next_validation_epoch(self) -> int:
+        """The epoch after which training next validates (see the module docstring)."""
+        epoch, c = self.progress.epoch, self.config
+        candidates = [epoch + self.validation_interval, c.max_epochs, *(e for e in c.validate_at if e > epoch)]
+        return min(candidates)
+
+    def run_to_validation(self) -> EpochResult:
+        """Train epoch by epoch up to ``next_validation_epoch()``, then validate."""
         if self.progress.status != "running":
             raise RuntimeError(f"training already ended ({self.progress.status})")
-        start = time.perf_counter()
+        start, epochs_before = time.perf_counter(), self.progress.epoch
+        total_loss = 0.0
+        for _ in range(epochs_before, self.next_validation_epoch()):
+            total_loss += float(self.train_epoch())  # one device sync per epoch, not per step
+            if not math.isfinite(total_loss):
+                break
+        epochs = self.progress.epoch - epochs_before
+        train_nll = total_loss / (len(self.train_rows) * epochs)
+        if not math.isfinite(train_nll):
+            return self._finish(start, epochs, math.inf, math.inf, "diverged")
+        valid_nll = self.validation_nll()
+        if not math.isfinite(valid_nll):
+            return self._finish(start, epochs, train_nll, math.inf, "diverged")
+        return self._finish(start, epochs, train_nll, valid_nll, None)
+
+    def train_epoch(self) -> torch.Tensor:
+        """One pass over the shuffled training rows, one mask per minibatch; returns the summed
+        loss (nats, a float64 scalar on the device: no host sync)."""
         self.model.train()
         order = torch.randperm(len(self.train_rows), generator=self.shuffle_generator).to(self.device)
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -149,23 +178,17 @@ class Trainer:
             loss = self.train_step(batch, self.progress.step)
             self.progress.step += 1
             total_loss += loss.double() * len(batch)
-        train_nll = float(total_loss) / len(order)  # one device sync per epoch, not per step
         self.progress.epoch += 1
-        if not math.isfinite(train_nll):
-            return self._finish_epoch(start, math.inf, math.inf, "diverged")
-        valid_nll = self.validation_nll()
-        if not math.isfinite(valid_nll):
-            return self._finish_epoch(start, train_nll, math.inf, "diverged")
-        return self._finish_epoch(start, train_nll, valid_nll, None)
+        return total_loss
 
-    def _finish_epoch(self, start: float, train_nll: float, valid_nll: float, status: str | None) -> EpochResult:
+    def _finish(self, start: float, epochs: int, train_nll: float, valid_nll: float, status: str | None) -> EpochResult:
         p, c = self.progress, self.config
         is_best = valid_nll < p.best_valid_nll
         if is_best:
             p.best_valid_nll, p.best_epoch, p.epochs_since_best = valid_nll, p.epoch, 0
             self.best_state = copy.deepcopy(self.model.state_dict())
         else:
-            p.epochs_since_best += 1
+            p.epochs_since_best += epochs
         if status is None:
             status = (
                 "early_stopped" if p.epochs_since_best >= c.patience else "finished" if p.epoch >= c.max_epochs else "running"
@@ -182,7 +205,7 @@ class Trainer:
             p.best_epoch,
             is_best,
             seconds,
-            len(self.train_rows) / seconds,
+            len(self.train_rows) * epochs / seconds,
             status,
         )
         p.history.append({"epoch": p.epoch, "train_nll": train_nll, "valid_nll": valid_nll, "epoch_seconds": seconds})

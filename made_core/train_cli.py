@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     parser.add_argument("--patience", type=int, default=defaults.patience)
     parser.add_argument(
+        "--validate-every", type=int, default=None,
+        help="epochs between validations (unset: every epoch unless validating would cost more than a third of "
+        "the training between two; at most patience / 4)",
+    )  # fmt: skip
+    parser.add_argument(
         "--valid-masks", type=int, default=None, help=f"validation ensemble size (unset: min(num_masks, {DEFAULT_VALID_MASKS}))"
     )
     parser.add_argument(
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--resume needs --checkpoint-dir")
         config = TrainConfig(
             hidden_sizes=tuple(args.hidden), **{name: getattr(args, name) for name in HYPERPARAMETER_FIELDS},
-            grad_clip=args.grad_clip, max_epochs=args.max_epochs, patience=args.patience,
+            grad_clip=args.grad_clip, max_epochs=args.max_epochs, patience=args.patience, validate_every=args.validate_every,
             valid_masks=args.valid_masks, seed=args.seed, device=args.device, precision=args.precision,
         )  # fmt: skip
         check_test_masks(args.test_masks, config.num_masks, "--test-masks")
@@ -73,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     print(f"{data.name}: {data.train.shape[0]}/{data.valid.shape[0]}/{data.test.shape[0]} rows, D={data.input_dim}; "
-          f"training on {trainer.device}; {trainer.config}", flush=True)  # fmt: skip
+          f"training on {trainer.device}, validating every {trainer.validation_interval} epoch(s); {trainer.config}",
+          flush=True)  # fmt: skip
     for result in trainer.epochs():
         marker = " *" if result.is_best else ""
         print(

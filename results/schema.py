@@ -111,14 +111,15 @@ OBJECTIVES = ("test-ensemble", "valid-ensemble")
 
 
 class TrialMetrics(TypedDict):
-    """What a trial reports to Ray Tune every epoch (search.trainable builds it; Ray stores it
-    in the trial's result files; search.experiment reads it back into trials.csv and curves.csv)."""
+    """What a trial reports to Ray Tune after every validation: every epoch, or every few where
+    validating costs more (made_core.train). search.trainable builds it; Ray stores it in the
+    trial's result files; search.experiment reads it back into trials.csv and curves.csv."""
 
     best_valid_nll: float  # OBJECTIVE: the minimum validation NLL so far
-    valid_nll: float  # this epoch's validation NLL (nats per example)
-    train_nll: float
-    epoch: int  # 1, 2, ...: ASHA's time attribute
-    epoch_seconds: float
+    valid_nll: float  # this validation's NLL (nats per example)
+    train_nll: float  # mean over the epochs since the previous report
+    epoch: int  # the epochs trained so far: ASHA's time attribute
+    epoch_seconds: float  # seconds since the previous report: its epochs and this validation
     examples_per_second: float
     stopped_early: bool  # early stopping (patience) ended the trial
     node_ip: str  # the node the trial runs on
@@ -144,7 +145,7 @@ class TrialRow(TypedDict):
 
 
 class CurveRow(TypedDict):
-    """One row of curves.csv: a trial's TrialMetrics of one epoch (CURVE_COLUMNS)."""
+    """One row of curves.csv: a trial's TrialMetrics of one report (CURVE_COLUMNS)."""
 
     trial_id: str
     epoch: int

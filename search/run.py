@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--patience", type=int, default=30, help="early-stopping patience in epochs (the paper's 30)")
     add(
+        "--validate-every",
+        type=int,
+        default=None,
+        help="epochs between a trial's validations (unset: every epoch unless validating would cost more than a "
+        "third of the training between two, at most patience / 4; ASHA's rung epochs are always validated)",
+    )
+    add(
         "--time-budget",
         default=None,
         help="stop the sweep cleanly after this long (e.g. 30m, 2h) and still report (unset: no limit)",
@@ -312,6 +319,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         "max_epochs",
         "grace_period",
         "patience",
+        "validate_every",
         "checkpoint_every",
         "finalists",
         "warm_start_count",
@@ -426,6 +434,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         grace_period=args.grace_period,
         brackets=int(previous.get("settings", {}).get("brackets") or args.brackets),
         patience=args.patience,
+        validate_every=args.validate_every,
         time_budget_seconds=time_budget,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,

@@ -56,15 +56,21 @@ class TrialSettings:
     checkpoint_seconds: float = 10.0
     rung_epochs: tuple[int, ...] = ()
     precision: str = DEFAULT_PRECISION  # training steps on a GPU (made_core.precision); CPU trials use fp32
+    validate_every: int | None = None  # epochs between validations; None: TrainConfig.validation_interval's rule
 
 
-def should_checkpoint(settings: TrialSettings, epoch: int, done: bool, seconds_since_last: float) -> bool:
-    """Whether the trial checkpoints after ``epoch`` (see TrialSettings)."""
+def should_checkpoint(
+    settings: TrialSettings, epoch: int, done: bool, seconds_since_last: float, previous_epoch: int | None = None
+) -> bool:
+    """Whether the trial checkpoints at the report of ``epoch`` (see TrialSettings); the previous
+    report was at ``previous_epoch`` (default ``epoch - 1``: trials validate every epoch or
+    every few, so a multiple of ``checkpoint_every`` may fall between two reports)."""
     every = settings.checkpoint_every
+    previous = epoch - 1 if previous_epoch is None else previous_epoch
     return (
         done
         or epoch in settings.rung_epochs
-        or (every is not None and epoch % every == 0)
+        or (every is not None and epoch // every > previous // every)
         or (every is None and seconds_since_last >= settings.checkpoint_seconds)
     )
 
@@ -77,7 +83,8 @@ def trial_device() -> str:
 
 
 def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.ndarray, settings: TrialSettings) -> None:
-    """Train one configuration; reports its TrialMetrics (OBJECTIVE: ``best_valid_nll``) every epoch."""
+    """Train one configuration; reports its TrialMetrics (OBJECTIVE: ``best_valid_nll``) after every
+    validation (``made_core.train``: every epoch, or every few where validating costs more)."""
     import logging
 
     import ray
@@ -94,6 +101,8 @@ def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.nd
         config,
         max_epochs=settings.max_epochs,
         patience=settings.patience,
+        validate_every=settings.validate_every,
+        validate_at=settings.rung_epochs,  # ASHA judges every trial at the same epochs
         seed=settings.seed,
         valid_masks=_valid_masks(config, settings),
         valid_target_masks=objective_target_masks(config, settings),
@@ -106,7 +115,7 @@ def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.nd
     if trainer is None:
         trainer = Trainer(train_config, train_data, valid_data)
     node_ip = ray.util.get_node_ip_address()
-    last_checkpoint = time.monotonic()
+    last_checkpoint, previous_epoch = time.monotonic(), trainer.progress.epoch
     for result in trainer.epochs():
         if result.status == "diverged":
             raise TrialDiverged(
@@ -125,7 +134,11 @@ def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.nd
             pid=os.getpid(),
             device=device,
         )
-        if should_checkpoint(settings, result.epoch, result.done, time.monotonic() - last_checkpoint):
+        checkpoint_now = should_checkpoint(
+            settings, result.epoch, result.done, time.monotonic() - last_checkpoint, previous_epoch
+        )
+        previous_epoch = result.epoch
+        if checkpoint_now:
             with tempfile.TemporaryDirectory() as folder:
                 trainer.save_checkpoint(folder)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

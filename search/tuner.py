@@ -42,6 +42,7 @@ class SweepPlan:
     grace_period: int
     brackets: int  # ASHA brackets (1: every trial first judged at grace_period)
     patience: int
+    validate_every: int | None  # None: made_core's rule (TrainConfig.validation_interval)
     time_budget_seconds: float | None
     cpus_per_trial: float
     gpus_per_trial: float
@@ -79,6 +80,7 @@ class SweepPlan:
             self.checkpoint_seconds,
             tuple(asha_rungs(self.grace_period, self.max_epochs)),
             self.precision,
+            self.validate_every,
         )
 
 

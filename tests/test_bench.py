@@ -74,13 +74,13 @@ def test_quick_run_reports_both_sections(tmp_path, capsys):
 
 
 def test_timed_step_is_the_trainers_step():
-    """train_block replicates Trainer.run_epoch's loop body: one epoch of each gives identical weights."""
+    """train_block replicates Trainer.train_epoch: one epoch of each gives identical weights."""
     rows = (np.random.default_rng(1).random((200, 12)) < 0.5).astype(np.float32)
     config = TrainConfig(hidden_sizes=(16,), num_masks=3, ordering="agnostic", direct_connection=True,
                          batch_size=50, max_epochs=1, valid_masks=1)  # fmt: skip
     trainer = Trainer(config, rows, rows[:10])
     replica = Trainer(config, rows, rows[:10])  # the same seed: the same initial weights and optimiser
-    trainer.run_epoch()
+    trainer.train_epoch()
     first_epoch_order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(config.seed))
     train_block(replica.train_step, replica.train_rows, first_epoch_order, 0, len(rows) // 50, 50)
     expected, actual = trainer.model.state_dict(), replica.model.state_dict()

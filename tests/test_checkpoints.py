@@ -38,7 +38,7 @@ def trained(tiny, epochs: int) -> Trainer:
     config = TrainConfig(hidden_sizes=(16,), num_masks=2, ordering="agnostic", learning_rate=1e-2, batch_size=100, max_epochs=20)
     trainer = Trainer(config, tiny.train, tiny.valid)
     for _ in range(epochs):
-        trainer.run_epoch()
+        trainer.run_to_validation()
     return trainer
 
 
@@ -122,7 +122,7 @@ def trial_folder(tmp_path: Path, tiny, epochs_per_checkpoint: list[int]) -> list
     checkpoints = []
     for index, epochs in enumerate(epochs_per_checkpoint):
         while trainer.progress.epoch < epochs:
-            trainer.run_epoch()
+            trainer.run_to_validation()
         folder = tmp_path / "trial" / f"checkpoint_{index:06d}"
         trainer.save_checkpoint(folder)
         checkpoints.append(tune.Checkpoint(str(folder)))

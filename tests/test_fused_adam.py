@@ -127,4 +127,4 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
     assert not masked_adam_applies(MADE(12, (16,), num_masks=2), torch.device("cpu"), None)
     trainer = Trainer(TrainConfig(hidden_sizes=(16,), num_masks=2, max_epochs=1), ROWS[:500], ROWS[500:])
     assert type(trainer.optimizer) is torch.optim.Adam
-    trainer.run_epoch()
+    trainer.run_to_validation()

@@ -71,7 +71,7 @@ def test_trainer_validates_with_the_extrapolated_test_ensemble(synthetic_rows):
     common = dict(hidden_sizes=(32,), num_masks=32, ordering="agnostic", max_epochs=2, patience=5, seed=3)
     measured = Trainer(TrainConfig(**common), train, valid)
     target = Trainer(TrainConfig(**common, valid_target_masks=32), train, valid)
-    first, second = measured.run_epoch(), target.run_epoch()
+    first, second = measured.run_to_validation(), target.run_to_validation()
     per_mask = mask_log_probs(target.model, valid, 8)
     assert first.valid_nll == pytest.approx(ensemble_nlls(measured.model, valid, [8])[8].mean)
     assert second.valid_nll == pytest.approx(extrapolated_nll(ensemble_size_curve(per_mask), 32))
@@ -107,6 +107,31 @@ def test_trials_checkpoint_at_rungs_by_time_and_at_the_end():
     assert should_checkpoint(timed, 13, done=True, seconds_since_last=0.1)
     every = TrialSettings(max_epochs=200, patience=30, seed=0, checkpoint_every=5)
     assert should_checkpoint(every, 10, False, 0.0) and not should_checkpoint(every, 11, False, 99.0)
+    # A trial validating every 4 epochs reports at 8 and 12: the multiple of 5 between them counts.
+    assert should_checkpoint(every, 12, False, 0.0, previous_epoch=8) and not should_checkpoint(
+        every, 9, False, 0.0, previous_epoch=6
+    )
+
+
+def test_a_trial_validating_every_few_epochs_reports_at_every_rung(monkeypatch):
+    """ASHA judges trials at its rung epochs: a trial validating every 3 epochs still reports there."""
+    from made_core.data import load_dataset
+    from search import trainable
+
+    reported: list[tuple[int, bool]] = []
+    monkeypatch.setattr(
+        trainable.tune, "report", lambda metrics, checkpoint=None: reported.append((metrics["epoch"], checkpoint is not None))
+    )
+    monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(trainable, "trial_device", lambda: "cpu")
+    monkeypatch.setattr("ray.util.get_node_ip_address", lambda: "127.0.0.1")
+    tiny = load_dataset("synthetic-tiny")
+    config = {"hidden_layers": 1, "hidden_units": 8, "num_masks": 1, "ordering": "natural", "learning_rate": 1e-2}
+    settings = TrialSettings(max_epochs=11, patience=30, seed=0, validate_every=3, rung_epochs=(2, 6), checkpoint_every=7)
+    trainable.train_made(config, tiny.train, tiny.valid, settings)
+    assert [epoch for epoch, _ in reported] == [2, 5, 6, 9, 11]
+    # Checkpoints: at the rungs, after crossing a multiple of 7 (at 9), and at the end.
+    assert [epoch for epoch, saved in reported if saved] == [2, 6, 9, 11]
 
 
 # -- sampler and own dataset files --------------------------------------------------------------

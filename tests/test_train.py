@@ -56,20 +56,21 @@ def test_learns_synthetic_distribution_close_to_true_nll():
     "num_masks,ordering,optimizer",
     [(1, "natural", "adam"), (3, "agnostic", "adam"), (0, "agnostic", "adam"), (3, "agnostic", "adagrad")],
 )
-def test_checkpoint_resume_is_exact(tmp_path, tiny, num_masks, ordering, optimizer):
+@pytest.mark.parametrize("validate_every", [1, 2])
+def test_checkpoint_resume_is_exact(tmp_path, tiny, num_masks, ordering, optimizer, validate_every):
     # Adam and Adagrad run their fused kernels on the CPU, whose state must round-trip too.
     config = small_config(num_masks=num_masks, ordering=ordering, valid_masks=2 if num_masks != 1 else None,
-                          optimizer=optimizer, max_epochs=6)  # fmt: skip
+                          optimizer=optimizer, max_epochs=6 * validate_every, validate_every=validate_every)  # fmt: skip
     uninterrupted = Trainer(config, tiny.train, tiny.valid)
-    reference = [uninterrupted.run_epoch() for _ in range(5)]
+    reference = [uninterrupted.run_to_validation() for _ in range(5)]
 
     first = Trainer(config, tiny.train, tiny.valid)
     for _ in range(3):
-        first.run_epoch()
+        first.run_to_validation()
     first.save_checkpoint(tmp_path)
     del first
     resumed = Trainer.from_checkpoint(tmp_path, tiny.train, tiny.valid)
-    continued = [resumed.run_epoch() for _ in range(2)]
+    continued = [resumed.run_to_validation() for _ in range(2)]
     for expected, got in zip(reference[3:], continued):
         assert got.epoch == expected.epoch
         assert got.train_nll == expected.train_nll
@@ -87,6 +88,46 @@ def test_early_stopping_restores_best_weights(tiny):
     assert last.epoch == last.best_epoch + 3
     assert trainer.evaluate(tiny.valid, 1).mean == pytest.approx(last.best_valid_nll, abs=1e-9)
     assert all(not r.done for r in results[:-1])
+
+
+def test_validation_interval_keeps_validation_cheap():
+    """ceil(valid rows x validation masks / train rows) epochs, capped at patience / 4."""
+    eight = TrainConfig(num_masks=8)
+    assert eight.validation_interval(train_rows=1400, valid_rows=600) == 4  # dna's shape
+    assert eight.validation_interval(train_rows=10_000, valid_rows=2_000) == 2
+    assert eight.validation_interval(train_rows=50_000, valid_rows=5_000) == 1
+    assert eight.validation_interval(train_rows=500, valid_rows=2_000) == 7  # 32 epochs, capped at 30 // 4
+    assert TrainConfig(num_masks=8, patience=3).validation_interval(500, 2_000) == 1
+    assert TrainConfig(num_masks=1).validation_interval(train_rows=1400, valid_rows=600) == 1
+    assert TrainConfig(num_masks=1).validation_interval(train_rows=500, valid_rows=2_000) == 4
+    assert TrainConfig(num_masks=8, validate_every=1).validation_interval(500, 2_000) == 1
+    with pytest.raises(ValueError, match="validate_every must be >= 1, got 0"):
+        TrainConfig(validate_every=0)
+    with pytest.raises(ValueError, match="validate_at epochs must be >= 1"):
+        TrainConfig(validate_at=(0, 5))
+
+
+def test_validation_runs_every_interval_at_the_forced_epochs_and_at_the_end(tiny):
+    config = small_config(validate_every=3, validate_at=(4, 8), max_epochs=10)
+    trainer = Trainer(config, tiny.train, tiny.valid)
+    results = list(trainer.epochs())
+    assert [r.epoch for r in results] == [3, 4, 7, 8, 10]
+    assert results[-1].status == "finished" and trainer.progress.step == 10 * (len(tiny.train) // 50)
+    # train_nll is the mean over the epochs since the previous result; the rate counts them all.
+    single = Trainer(small_config(validate_every=1, max_epochs=3), tiny.train, tiny.valid)
+    per_epoch = list(single.epochs())
+    assert results[0].train_nll == pytest.approx(sum(r.train_nll for r in per_epoch) / 3, rel=1e-12)
+    assert results[0].valid_nll == per_epoch[-1].valid_nll  # the same weights after the same 3 epochs
+    assert all(r.examples_per_second > 0 for r in results)
+
+
+def test_early_stopping_counts_epochs_not_validations(tiny):
+    config = small_config(hidden_sizes=(256,), learning_rate=3e-2, max_epochs=200, patience=6, batch_size=10,
+                          validate_every=2)  # fmt: skip
+    results = list(Trainer(config, tiny.train[:100], tiny.valid).epochs())
+    last = results[-1]
+    assert last.status == "early_stopped" and last.epoch == last.best_epoch + 6
+    assert all(r.epoch % 2 == 0 for r in results)
 
 
 def test_max_epochs_finishes(tiny):
@@ -138,6 +179,9 @@ def test_cli_trains_and_reports_test_nll(capsys, tmp_path):
     code = main(["--dataset", "synthetic-tiny", "--hidden", "16", "--num-masks", "2", "--max-epochs", "3",
                  "--checkpoint-dir", str(tmp_path / "ckpt"), "--resume"])  # fmt: skip
     assert code == 0 and "epoch    3" in capsys.readouterr().out
+    code = main(["--dataset", "synthetic-tiny", "--hidden", "16", "--max-epochs", "4", "--validate-every", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "validating every 2 epoch(s)" in out and "epoch    2" in out and "epoch    3" not in out
 
 
 def test_ensemble_nlls_match_separate_evaluations(tiny):
@@ -191,6 +235,7 @@ def test_cli_chooses_the_mask_sampling_ensemble_on_validation(capsys):
             "--test-masks must be between 1 and num_masks",
         ),
         (["--dataset", "synthetic-tiny", "--resume"], "--resume needs --checkpoint-dir"),
+        (["--dataset", "synthetic-tiny", "--validate-every", "0"], "validate_every must be >= 1, got 0"),
     ],
 )
 def test_cli_bad_input_exits_2(capsys, argv, message):
