@@ -11,7 +11,8 @@ both into the optimiser's own pass over the weights. One C++ loop per weight mat
 3. writes the weight times the *next* step's mask, which the next forward pass uses as it is.
 
 The kernels are compiled on first use (``torch.utils.cpp_extension.load_inline``: g++ and ninja,
-about 25 s, cached per CPU model because they are built for the CPU they run on). Where that
+about 25 s, cached per CPU model because they are built for the CPU they run on, and per torch
+and ninja version). Where that
 fails, or with ``MADE_FUSED_ADAM=0``, the Trainer uses ``torch.optim.Adam`` and the mask products.
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import shutil
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -128,26 +128,36 @@ _kernels: Any = None
 _load_error: str | None = None
 
 
-def _cpu_key() -> str:
-    """A short hash of this CPU's model and flags: the kernels are built for them."""
+def _build_key(ninja_version: str) -> str:
+    """A short hash of what a build is for: this CPU's model and flags (the kernels are built for
+    them), the source, the flags, torch's version and the ninja that builds them."""
     description = platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             description += "".join(line for line in cpuinfo if line.startswith(("model name", "flags")))
     except OSError:
         pass
-    return hashlib.sha256((description + _KERNELS_SOURCE + " ".join(_COMPILER_FLAGS)).encode()).hexdigest()[:12]
+    described = description + _KERNELS_SOURCE + " ".join(_COMPILER_FLAGS) + torch.__version__ + ninja_version
+    return hashlib.sha256(described.encode()).hexdigest()[:12]
 
 
-def _put_ninja_on_path() -> None:
-    """torch builds with the ``ninja`` on PATH; a virtualenv's python run without activating the
-    environment does not have it there, so add the ninja package's own binary folder."""
-    if shutil.which("ninja") is None:
-        try:
-            import ninja
-        except ImportError:
-            return
-        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+def _put_ninja_on_path() -> str:
+    """Put the ninja package's own binary first on PATH (torch builds with the ``ninja`` there);
+    returns its version, or "" without the package (torch then uses any ninja on PATH).
+
+    The package's ninja, not whichever PATH finds first, so that every process of an environment
+    builds with the same one: an activated virtualenv or not, a Ray worker. Ninja versions hash a
+    build's commands differently (1.11 and 1.13 do), so processes with two ninjas rebuilt the
+    cached kernels for each other, 30-45 s each time, inside the first trial of a sweep.
+    """
+    try:
+        import ninja
+    except ImportError:
+        return ""
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != ninja.BIN_DIR:
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
+    return str(getattr(ninja, "__version__", ""))
 
 
 def load_kernels() -> Any:
@@ -157,9 +167,9 @@ def load_kernels() -> Any:
         try:
             from torch.utils.cpp_extension import load_inline
 
-            _put_ninja_on_path()
+            ninja_version = _put_ninja_on_path()
             _kernels = load_inline(
-                f"made_fused_adam_{_cpu_key()}", cpp_sources=_KERNELS_SOURCE,
+                f"made_fused_adam_{_build_key(ninja_version)}", cpp_sources=_KERNELS_SOURCE,
                 functions=["masked_weight", "masked_adam_", "adam_"], extra_cflags=_COMPILER_FLAGS, verbose=False,
             )  # fmt: skip
         except Exception as error:  # no compiler, no ninja, an unsupported platform, ...

@@ -3,6 +3,9 @@ torch.optim.Adam with the mask products does, and step aside wherever it cannot 
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -110,6 +113,25 @@ def test_masked_adam_steps_aside_where_it_cannot_apply(monkeypatch):
     monkeypatch.setenv(fused_adam.OPT_OUT_VARIABLE, "0")
     assert not masked_adam_applies(MADE(12, (16,), num_masks=2), cpu, None)
     assert type(trained(monkeypatch, True, grad_clip=1.0, max_epochs=1).optimizer) is torch.optim.Adam
+
+
+def test_kernels_are_built_by_the_ninja_package_whatever_the_path(monkeypatch, tmp_path):
+    """Another ninja earlier on PATH (a system one, a non-activated virtualenv) must not be used:
+    two ninja versions rebuild the cached kernels for each other."""
+    import ninja
+
+    other = tmp_path / "bin"
+    other.mkdir()
+    (other / "ninja").write_text("#!/bin/sh\necho 1.0.0\n")
+    (other / "ninja").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{other}{os.pathsep}{ninja.BIN_DIR}{os.pathsep}/usr/bin")
+    assert fused_adam._put_ninja_on_path() == ninja.__version__
+    assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
+    assert Path(shutil.which("ninja") or "").parent == Path(ninja.BIN_DIR)
+    path = os.environ["PATH"]
+    fused_adam._put_ninja_on_path()
+    assert os.environ["PATH"] == path  # not prepended twice
+    assert fused_adam._build_key("1.11.1") != fused_adam._build_key("1.13.2")
 
 
 def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
