@@ -133,7 +133,16 @@ class MadeOptunaSearch(OptunaSearch):
             import optuna
 
             assert self._ot_study is not None  # set up by OptunaSearch before any result
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            assert result is not None  # cut_short implies a result
+            ot_trial = self._ot_trials[trial_id]
+            # Ray hands the result that made ASHA stop the trial to on_trial_complete, not to
+            # on_trial_result, so its value never became an intermediate value: TPE ranks a
+            # PRUNED trial by its last one, and one stopped at its first report had none.
+            step = int(result.get("training_iteration", 0))
+            reported = self._ot_study.get_trials(deepcopy=False)[ot_trial.number].intermediate_values
+            if step not in reported and math.isfinite(float(result.get(OBJECTIVE, math.nan))):
+                ot_trial.report(float(result[OBJECTIVE]), step)
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result=result, error=error)

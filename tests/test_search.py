@@ -227,10 +227,12 @@ def test_trials_cut_short_are_pruned_for_optuna():
         searcher.on_trial_result(trial_id, {"best_valid_nll": 9.0, "training_iteration": 1, "epoch": 1})
     searcher.on_trial_complete("ran", {"best_valid_nll": 5.0, "epoch": 10, "stopped_early": False})
     searcher.on_trial_complete("patience", {"best_valid_nll": 6.0, "epoch": 4, "stopped_early": True})
-    searcher.on_trial_complete("cut", {"best_valid_nll": 4.0, "epoch": 3, "stopped_early": False})
+    searcher.on_trial_complete("cut", {"best_valid_nll": 4.0, "epoch": 3, "training_iteration": 3, "stopped_early": False})
     states = [t.state for t in searcher._ot_study.trials]
     complete, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
     assert states == [complete, complete, pruned]
+    # The result that stopped it reaches Optuna as its last intermediate value (TPE ranks by it).
+    assert searcher._ot_study.trials[2].intermediate_values == {1: 9.0, 3: 4.0}
     assert searcher._ot_study.best_value == 5.0  # the cut-short 4.0 does not count as a finished result
 
 
