@@ -276,10 +276,12 @@ def test_sweep_runs_trials_on_several_hosts(tmp_path, netns_cluster_factory):
     ips = cluster_ips(cluster)
     storage = cluster.shared_dir("runs")  # the same path on every host
     # Trials of a few seconds (300 short epochs): with actors reused, trials of a few epochs all
-    # run on the head's actor before a worker host's actor has started.
+    # run on the head's actor before a worker host's actor has started. A report every epoch,
+    # each of which must reach the shared folder.
     epochs = 300
     common = ["--address", cluster.address, "--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "6",
-              "--max-epochs", str(epochs), "--grace-period", str(epochs), "--patience", "1000"]  # fmt: skip
+              "--max-epochs", str(epochs), "--grace-period", str(epochs), "--patience", "1000",
+              "--validate-every", "1"]  # fmt: skip
 
     # A local path on a 3-node cluster is refused unless declared shared (before any work).
     refused = cluster.run_driver(sweep_argv(storage, tmp_path, "mh", *common), timeout=180, check=False)
