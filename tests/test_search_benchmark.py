@@ -3,6 +3,7 @@ sampler choice, own-file datasets, and when trials checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -279,8 +280,11 @@ def test_brackets_give_some_trials_a_later_first_rung(tmp_path):
     assert plan.brackets == 2 and first_rungs == [40, 120]  # grace 200 // 5, then x 3
 
 
-def test_a_budget_driven_sweep_is_guided_after_four_trials(tmp_path):
+def test_a_budget_driven_sweep_is_guided_once_its_start_points_are_done(tmp_path):
     common = ["--dataset", "synthetic-tiny", "--storage", str(tmp_path / "r")]
     budget, _ = make_plan(parse_args([*common, "--time-budget", "3m"]))
     counted, _ = make_plan(parse_args([*common, "--num-samples", "60"]))
-    assert make_sampler(budget)._n_startup_trials == 4 and make_sampler(counted)._n_startup_trials == 10
+    assert len(budget.space.start_points(budget.dataset)) == 2
+    assert make_sampler(budget)._n_startup_trials == 2 and make_sampler(counted)._n_startup_trials == 10
+    warm = dataclasses.replace(budget, warm_start=({"num_masks": 1}, {"num_masks": 4}))
+    assert make_sampler(warm)._n_startup_trials == 4
