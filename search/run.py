@@ -191,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--checkpoint-seconds", type=float, default=10.0, help="seconds of training between trial checkpoints")
     add(
+        "--report-seconds",
+        type=float,
+        default=1.0,
+        help="seconds between a trial's reports to the driver, besides ASHA's rungs, checkpoints and its end "
+        "(each is a round trip the trial waits for; 0: after every validation)",
+    )
+    add(
         "--tracking",
         choices=tuple(TRACKING_PACKAGES),
         default=None,
@@ -338,6 +345,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     _require(args.concurrency is None or args.concurrency >= 1, f"--concurrency must be >= 1, got {args.concurrency}")
     _require(args.num_cpus is None or args.num_cpus >= 1, f"--num-cpus must be >= 1, got {args.num_cpus}")
     _require(args.checkpoint_seconds > 0, f"--checkpoint-seconds must be positive, got {args.checkpoint_seconds}")
+    _require(args.report_seconds >= 0, f"--report-seconds must be >= 0, got {args.report_seconds}")
     _require(args.max_failures >= 0, f"--max-failures must be >= 0, got {args.max_failures}")
     _require(args.test_masks is None or args.test_masks >= 1, f"--test-masks must be >= 1, got {args.test_masks}")
     _require(args.valid_masks is None or args.valid_masks >= 1, f"--valid-masks must be >= 1, got {args.valid_masks}")
@@ -449,6 +457,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         max_failures=args.max_failures,
         checkpoint_every=args.checkpoint_every,
         checkpoint_seconds=args.checkpoint_seconds,
+        report_seconds=args.report_seconds,
         finalists=args.finalists,
         warm_start=warm_points,
         objective=str(previous.get("settings", {}).get("objective") or args.objective),

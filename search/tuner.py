@@ -56,6 +56,7 @@ class SweepPlan:
     max_failures: int
     checkpoint_every: int | None  # None: checkpoints by time (checkpoint_seconds), rungs and the last epoch
     checkpoint_seconds: float
+    report_seconds: float  # a trial reports about this often besides rungs, checkpoints and its end
     finalists: int  # top trials re-evaluated with their test-time ensembles before the test
     warm_start: tuple[dict[str, Any], ...]  # start points from earlier sweeps, after the space's own
     objective: str = "test-ensemble"  # results.schema.OBJECTIVES
@@ -81,6 +82,7 @@ class SweepPlan:
             tuple(asha_rungs(self.grace_period, self.max_epochs)),
             self.precision,
             self.validate_every,
+            self.report_seconds,
         )
 
 

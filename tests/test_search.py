@@ -189,6 +189,7 @@ def test_truncated_newest_checkpoint_of_a_killed_trial_falls_back_to_the_one_bef
         (["--dataset", "dna", "--resume"], "--resume: no experiment for dataset dna"),
         (["--dataset", "dna", "--name", "../escape"], "--name '../escape'"),
         (["--dataset", "dna", "--checkpoint-seconds", "0"], "--checkpoint-seconds must be positive"),
+        (["--dataset", "dna", "--report-seconds", "-1"], "--report-seconds must be >= 0"),
         (["--dataset", "dna", "--finalists", "0"], "--finalists must be a positive integer"),
         (["--dataset", "dna", "--warm-start-count", "0"], "--warm-start-count must be a positive integer"),
     ],

@@ -36,7 +36,7 @@ from made_core.ensembles import ensemble_size_curve, extrapolated_nll
 from made_core.evaluate import ensemble_nlls, mask_log_probs
 from made_core.train import Trainer
 from search.run import main, make_plan, parse_args
-from search.trainable import TrialSettings, objective_target_masks, should_checkpoint
+from search.trainable import TrialSettings, objective_target_masks, should_checkpoint, should_report
 from search.tuner import asha_rungs, make_sampler
 
 
@@ -138,6 +138,22 @@ def test_a_trial_validating_every_few_epochs_reports_at_every_rung(monkeypatch):
     assert [epoch for epoch, _ in reported] == [2, 5, 6, 9, 11]
     # Checkpoints: at the rungs, after crossing a multiple of 7 (at 9), and at the end.
     assert [epoch for epoch, saved in reported if saved] == [2, 6, 9, 11]
+    # Reports by time: a trial whose last report is recent skips the validation at 5 (not a
+    # rung, no checkpoint) and still reports at the rungs, its checkpoint and its end.
+    reported.clear()
+    trainable.train_made(config, tiny.train, tiny.valid, dataclasses.replace(settings, report_seconds=3600.0))
+    assert [epoch for epoch, _ in reported] == [2, 6, 9, 11]
+
+
+def test_trials_report_by_time_besides_rungs_checkpoints_and_the_end():
+    settings = TrialSettings(max_epochs=200, patience=30, seed=0, rung_epochs=(40, 120), report_seconds=1.0)
+    assert not should_report(settings, 7, done=False, checkpoint=False, seconds_since_last=0.5)
+    assert should_report(settings, 7, done=False, checkpoint=False, seconds_since_last=1.0)
+    assert should_report(settings, 40, done=False, checkpoint=False, seconds_since_last=0.0)  # ASHA judges here
+    assert should_report(settings, 7, done=False, checkpoint=True, seconds_since_last=0.0)
+    assert should_report(settings, 9, done=True, checkpoint=False, seconds_since_last=0.0)
+    every = dataclasses.replace(settings, report_seconds=0.0)
+    assert should_report(every, 7, done=False, checkpoint=False, seconds_since_last=0.0)
 
 
 # -- sampler and own dataset files --------------------------------------------------------------
