@@ -17,6 +17,7 @@ import torch
 from driver_processes import ROOT
 
 from benchmarks.derived import DERIVED_SETS, derive, pool_2x2
+from benchmarks.oracle import known_structure_nll
 from benchmarks.search import (
     SUITES,
     BaselineResult,
@@ -34,6 +35,7 @@ from made_core.config import TrainConfig
 from made_core.data import Splits
 from made_core.ensembles import ensemble_size_curve, extrapolated_nll
 from made_core.evaluate import ensemble_nlls, mask_log_probs
+from made_core.synthetic import BayesNetRecipe, MixtureRecipe, build_distribution, sample_splits
 from made_core.train import Trainer
 from search.run import main, make_plan, parse_args
 from search.trainable import TrialSettings, objective_target_masks, should_checkpoint, should_report
@@ -248,6 +250,16 @@ def test_report_has_the_checks_and_the_reach_fraction():
     assert frame.loc[0, "tpe_test_nll"] == 10.05 and frame.loc[0, "reach_fraction"] == pytest.approx(0.4)
 
 
+@pytest.mark.parametrize("recipe", [BayesNetRecipe(max_parents=2, seed=7), MixtureRecipe(num_components=3, seed=7)])
+def test_the_known_structure_fit_nears_the_true_nll_with_enough_rows(recipe):
+    truth = build_distribution(8, recipe)
+    splits = sample_splits(truth, {"train": 20_000, "valid": 2_000, "test": 5_000}, seed=7)
+    true_nll = -float(truth.log_prob(splits["test"]).mean())
+    many = known_structure_nll(recipe, splits["train"], splits["valid"], splits["test"])
+    few = known_structure_nll(recipe, splits["train"][:40], splits["valid"][:40], splits["test"])
+    assert abs(many / true_nll - 1) < 0.005 and few > many + 0.05  # a fit, not the truth: it needs rows
+
+
 def test_unknown_benchmark_input_is_one_line_and_exit_2():
     run = subprocess.run([sys.executable, "-m", "benchmarks.search", "--datasets", "imagenet"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -269,6 +281,18 @@ def test_smoke_suite_writes_its_table_csv_and_figure(tmp_path, ray_env):
     assert json.loads(frame.loc[0, "tpe_winner_config"])["hidden_layers"] >= 1
     assert (tmp_path / "out" / "search_benchmark.png").stat().st_size > 10_000
     assert "baseline single-mask" in run.stdout and "tpe search: test" in run.stdout
+    assert "## Synthetic sets: what their training rows allow" in text and "known-structure fit" in run.stdout
+    # The report is rebuilt from the run's saved rows alone, the same as written.
+    (run_folder,) = (tmp_path / "work").glob("2*")
+    rendered = subprocess.run(
+        [sys.executable, "-m", "benchmarks.search", "--suite", "smoke", "--render", str(run_folder), "--output", str(tmp_path / "again")],
+        cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr
+    assert (tmp_path / "again" / "search_benchmark.md").read_text() == text
+    refused = subprocess.run([sys.executable, "-m", "benchmarks.search", "--render", str(tmp_path)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and "holds no rows.json" in refused.stderr and refused.stderr.count("\n") == 1
 
 
 def test_the_fused_kernels_are_built_by_the_driver_before_cpu_trials(tmp_path, monkeypatch):
@@ -285,6 +309,31 @@ def test_the_fused_kernels_are_built_by_the_driver_before_cpu_trials(tmp_path, m
     assert prepare_fused_kernels(gpu_plan) is None and calls == [1]
     monkeypatch.setenv(fused_adam.OPT_OUT_VARIABLE, "0")
     assert prepare_fused_kernels(plan) is None and calls == [1]
+
+
+def test_asha_never_stops_the_spaces_start_points(tmp_path):
+    from types import SimpleNamespace
+
+    from search.tuner import make_scheduler
+
+    plan, _ = make_plan(
+        parse_args(["--dataset", "dna", "--max-epochs", "9", "--grace-period", "1", "--storage", str(tmp_path / "r")])
+    )
+    scheduler = make_scheduler(plan)
+    scheduler.set_search_properties("best_valid_nll", "min")
+    defaults = dict(plan.space.start_points(plan.dataset)[1], activation="relu", optimizer="adam", momentum=0.0)
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={**defaults, "learning_rate": 0.01 + i}) for i in range(4)]
+    slow = SimpleNamespace(trial_id="start", config=defaults)  # the library's defaults, learning slowly
+    for trial in [*trials, slow]:
+        scheduler.on_trial_add(None, trial)
+    for trial in trials:
+        scheduler.on_trial_result(None, trial, {"epoch": 1, "best_valid_nll": 80.0})
+    assert scheduler.on_trial_result(None, slow, {"epoch": 1, "best_valid_nll": 95.0}) == scheduler.CONTINUE
+    # The same result from a trial that is no start point is stopped: ASHA itself is unchanged.
+    assert scheduler.on_trial_result(None, trials[0], {"epoch": 3, "best_valid_nll": 80.0}) == scheduler.CONTINUE
+    assert scheduler.on_trial_result(None, trials[1], {"epoch": 3, "best_valid_nll": 79.0}) == scheduler.CONTINUE
+    assert scheduler.on_trial_result(None, trials[2], {"epoch": 3, "best_valid_nll": 95.0}) == scheduler.STOP
+    assert scheduler.on_trial_result(None, slow, {"epoch": 3, "best_valid_nll": 95.0}) == scheduler.CONTINUE
 
 
 def test_brackets_give_some_trials_a_later_first_rung(tmp_path):
@@ -304,3 +353,33 @@ def test_a_budget_driven_sweep_is_guided_once_its_start_points_are_done(tmp_path
     assert make_sampler(budget)._n_startup_trials == 2 and make_sampler(counted)._n_startup_trials == 10
     warm = dataclasses.replace(budget, warm_start=({"num_masks": 1}, {"num_masks": 4}))
     assert make_sampler(warm)._n_startup_trials == 4
+
+
+# -- the ablation benchmark ---------------------------------------------------------------------
+def test_ablation_assignments_are_checked_by_the_vocabulary():
+    from benchmarks.ablation import parse_assignments
+
+    assert parse_assignments("activation=tanh, num_masks=32,direct_connection=false,learning_rate=3e-3") == {
+        "activation": "tanh", "num_masks": 32, "direct_connection": False, "learning_rate": 0.003,
+    }  # fmt: skip
+    for bad, message in (("activation=sigmoid", "activation must be one of relu, tanh"), ("depth=3", "expected name=value"),
+                         ("num_masks=-1", "num_masks must be"), ("num_masks", "expected name=value")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            parse_assignments(bad)
+
+
+def test_ablation_runs_both_configurations_per_seed_and_writes_its_table(tmp_path):
+    out = tmp_path / "ablation.md"
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ablation", "--change", "activation=tanh", "--base", "hidden_units=16,num_masks=2",
+         "--datasets", "synthetic-tiny", "--seeds", "2", "--max-epochs", "2", "--output", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    text = out.read_text()
+    assert text.startswith("# Ablation: activation=tanh on hidden_units=16, num_masks=2")
+    row = next(line for line in text.splitlines() if line.startswith("| synthetic-tiny |"))
+    assert "/2 |" in row and run.stdout.count("synthetic-tiny seed") == 4
+    refused = subprocess.run([sys.executable, "-m", "benchmarks.ablation", "--change", "activation=sigmoid"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "activation must be one of" in refused.stderr
