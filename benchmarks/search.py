@@ -135,6 +135,9 @@ class SweepFigures:
     reselected: bool  # the final re-selection chose another trial than the sweep objective's best
     best_so_far: list[tuple[float, float]] = field(default_factory=list)  # (compute seconds, best objective)
     winner_rungs: dict[int, bool] = field(default_factory=dict)  # rung epoch -> would have been stopped there
+    # Where guidance shows even when the best trial is a matter of luck: the typical trial.
+    median_trial_nll: float = math.nan  # median over trials of their best sweep objective
+    full_length_share: float = math.nan  # share of trials that ran their course (max epochs or early stopping)
 
 
 def slot_use(trial_seconds: float, fit_seconds: float, slots: int) -> float:
@@ -182,6 +185,11 @@ def winner_stopped_at(
     return verdicts
 
 
+def ran_its_course(last_result: dict[str, Any], max_epochs: int) -> bool:
+    """Whether a trial reached ``max_epochs`` or stopped early on its own, rather than being cut by ASHA or the budget."""
+    return bool(last_result.get("stopped_early")) or int(last_result.get("epoch", 0)) >= max_epochs
+
+
 def read_sweep(path: Path, sampler: str, slots: int, grace_period: int, max_epochs: int) -> SweepFigures:
     """The figures of a finished sweep from its experiment folder."""
     from results.tables import order_hyperparameters, summarize_config
@@ -210,6 +218,10 @@ def read_sweep(path: Path, sampler: str, slots: int, grace_period: int, max_epoc
         winner_config=dict(best["config"]),
         reselected=bool(finalists) and min(finalists, key=lambda f: f["sweep_valid_nll"])["trial_id"] != best["trial_id"],
         best_so_far=best_so_far(list(histories.values())),
+        median_trial_nll=float(np.median(finite))
+        if (finite := [r.best_valid_nll for r in records if math.isfinite(r.best_valid_nll)])
+        else math.nan,
+        full_length_share=float(np.mean([ran_its_course(r.last_result, max_epochs) for r in records])) if records else math.nan,
         winner_rungs=winner_stopped_at(histories, str(best["trial_id"]), asha_rungs(grace_period, max_epochs)),
     )
 
@@ -291,21 +303,27 @@ def reference(name: str, data: Any) -> tuple[str, float]:
     return ("paper's best MADE", min(papers)) if papers else ("", math.nan)
 
 
+def known_structure(name: str, data: Any) -> float:
+    """``benchmarks.oracle``'s known-structure fit of a registry synthetic set, else NaN."""
+    from benchmarks.oracle import known_structure_nll
+    from made_core.registry import DATASETS
+
+    recipe = DATASETS[name].synthetic if name in DATASETS else None
+    return math.nan if recipe is None else known_structure_nll(recipe, data.train, data.valid, data.test)
+
+
 def run_dataset(name: str, suite: Suite, args: argparse.Namespace, work: Path, slots: int) -> DatasetRow:
     import torch
 
-    from benchmarks.oracle import known_structure_nll
     from made_core.data import load_dataset
-    from made_core.registry import DATASETS
 
     source = dataset_source(name, work, args.data_dir)
     data = load_dataset(source, data_dir=args.data_dir, download=False, progress=False)
     label, ref = reference(name, data)
     row = DatasetRow(name, data.input_dim, len(data.train), label, ref, {}, {})
-    recipe = DATASETS[name].synthetic if name in DATASETS else None
-    if recipe is not None:
-        started = time.perf_counter()
-        row.known_structure_nll = known_structure_nll(recipe, data.train, data.valid, data.test)
+    started = time.perf_counter()
+    row.known_structure_nll = known_structure(name, data)
+    if math.isfinite(row.known_structure_nll):
         log(f"{name}: known-structure fit {row.known_structure_nll:.3f} (true {ref:.3f}), {time.perf_counter() - started:.0f} s")
     torch.set_num_threads(slots)  # a baseline has the machine to itself, as a sweep does
     for family in args.baselines:
@@ -332,6 +350,10 @@ def _nll(value: float, stderr: float | None = None) -> str:
     if not math.isfinite(value):
         return "-"
     return f"{value:.2f}" if stderr is None or not math.isfinite(stderr) else f"{value:.2f} ± {stderr:.2f}"
+
+
+def _share(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "-"
 
 
 def _gap(value: float, reference: float) -> str:
@@ -450,6 +472,18 @@ def render_markdown(rows: Sequence[DatasetRow], suite_name: str, suite: Suite, h
                 sweep = row.sweeps.get(sampler)
                 cells += [_nll(sweep.test_nll), _gap(sweep.test_nll, row.reference_nll)] if sweep else ["-", "-"]
             lines.append("| " + " | ".join(cells) + " |")
+    paired = [row for row in rows if "tpe" in row.sweeps and "random" in row.sweeps]
+    if paired:
+        lines += ["", "## The typical trial, guided and random", "",
+                  "The best trial of a short sweep is partly luck; the typical one shows whether the sampler steers: "
+                  "the median over trials of their best sweep objective (validation), and the share of trials that "
+                  "ran their course (ASHA and the budget cut the rest).", "",
+                  "| dataset | guided median | random median | guided ran their course | random ran their course |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for row in paired:
+            guided, random = row.sweeps["tpe"], row.sweeps["random"]
+            lines.append(f"| {row.dataset} | {_nll(guided.median_trial_nll)} | {_nll(random.median_trial_nll)} "
+                         f"| {_share(guided.full_length_share)} | {_share(random.full_length_share)} |")  # fmt: skip
     lines += ["", "## Objective: what the sweep said of its winner, and the delivered model", "",
               "| dataset | search | sweep objective | valid NLL, test-time ensemble | test NLL | re-selection changed the pick |",
               "|---|---|---|---|---|---|"]  # fmt: skip
@@ -574,20 +608,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def write_report(rows: list[DatasetRow], args: argparse.Namespace, suite: Suite, run: dict[str, str], started: float,
-                 work: Path) -> str:  # fmt: skip
-    """search_benchmark.{csv,md,png} in --output (and every figure as JSON in the work folder)."""
+def write_outputs(rows: list[DatasetRow], suite_name: str, suite: Suite, run: dict[str, str], output: Path) -> str:
+    """search_benchmark.{csv,md,png} in ``output``; returns the Markdown."""
     from results.storage import atomic_write_csv, atomic_write_text
 
-    output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(output / "search_benchmark.csv", table_rows(rows))
-    elapsed = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {(time.time() - started) / 60:.0f} min in all"
-    text = render_markdown(
-        rows, args.suite, suite, {**run, "finished": elapsed, "datasets": f"{len(rows)}/{len(suite.datasets)}"}
-    )
+    text = render_markdown(rows, suite_name, suite, {**run, "datasets": f"{len(rows)}/{len(suite.datasets)}"})
     atomic_write_text(output / "search_benchmark.md", text)
     plot(rows, output / "search_benchmark.png")
+    return text
+
+
+def write_report(rows: list[DatasetRow], args: argparse.Namespace, suite: Suite, run: dict[str, str], started: float,
+                 work: Path) -> str:  # fmt: skip
+    """The outputs in --output, and the rows and header in the work folder (``--render`` reads them)."""
+    from results.storage import atomic_write_text
+
+    elapsed = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {(time.time() - started) / 60:.0f} min in all"
+    text = write_outputs(rows, args.suite, suite, {**run, "finished": elapsed}, Path(args.output))
     atomic_write_text(work / "rows.json", json.dumps([asdict(r) for r in rows], default=str, indent=1))
     saved = {"header": {**run, "finished": elapsed}, "suite_name": args.suite, "suite": asdict(suite)}
     atomic_write_text(work / "header.json", json.dumps(saved, indent=1))
@@ -609,28 +648,24 @@ def row_from_json(record: dict[str, Any]) -> DatasetRow:
 
 def render_saved_run(work: Path, args: argparse.Namespace) -> str:
     """The report of a finished run from its work folder's rows.json and header.json, with the
-    known-structure fit added to synthetic rows that lack it (it is deterministic, and cheap)."""
-    from benchmarks.oracle import known_structure_nll
+    known-structure fit added to synthetic rows that lack it (it is deterministic, and cheap) and
+    the typical-trial figures read from the run's experiment folders where rows.json lacks them."""
     from made_core.data import load_dataset
     from made_core.registry import DATASETS
-    from results.storage import atomic_write_csv, atomic_write_text
 
     rows = [row_from_json(record) for record in json.loads((work / "rows.json").read_text())]
     for row in rows:
-        recipe = DATASETS[row.dataset].synthetic if row.dataset in DATASETS else None
-        if recipe is not None and not math.isfinite(row.known_structure_nll):
-            data = load_dataset(row.dataset, download=False, progress=False)
-            row.known_structure_nll = known_structure_nll(recipe, data.train, data.valid, data.test)
+        if row.dataset in DATASETS and DATASETS[row.dataset].is_synthetic and not math.isfinite(row.known_structure_nll):
+            row.known_structure_nll = known_structure(row.dataset, load_dataset(row.dataset, download=False, progress=False))
     saved = json.loads((work / "header.json").read_text())
     suite = Suite(**{**saved["suite"], "datasets": tuple(saved["suite"]["datasets"])})
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_csv(output / "search_benchmark.csv", table_rows(rows))
-    run = {**saved["header"], "datasets": f"{len(rows)}/{len(suite.datasets)}"}
-    text = render_markdown(rows, saved["suite_name"], suite, run)
-    atomic_write_text(output / "search_benchmark.md", text)
-    plot(rows, output / "search_benchmark.png")
-    return text
+    for row in rows:
+        for sweep in row.sweeps.values():  # figures added since the run: read from its experiment folder
+            folder = work / "experiments" / sweep.experiment
+            if not math.isfinite(sweep.median_trial_nll) and folder.is_dir():
+                again = read_sweep(folder, sweep.sampler, os.cpu_count() or 1, max(1, suite.max_epochs // 5), suite.max_epochs)
+                sweep.median_trial_nll, sweep.full_length_share = again.median_trial_nll, again.full_length_share
+    return write_outputs(rows, saved["suite_name"], suite, saved["header"], Path(args.output))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

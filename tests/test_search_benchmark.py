@@ -25,6 +25,7 @@ from benchmarks.search import (
     SweepFigures,
     best_so_far,
     compute_to_reach,
+    ran_its_course,
     render_markdown,
     slot_use,
     table_rows,
@@ -248,6 +249,16 @@ def test_report_has_the_checks_and_the_reach_fraction():
     )
     frame = table_rows([row])
     assert frame.loc[0, "tpe_test_nll"] == 10.05 and frame.loc[0, "reach_fraction"] == pytest.approx(0.4)
+    row.sweeps["tpe"].median_trial_nll, row.sweeps["tpe"].full_length_share = 10.5, 0.25
+    text = render_markdown([row], "smoke", SUITES["smoke"], {"command": "`x`"})
+    assert "| synthetic-x | 10.50 | - | 0.25 | - |" in text  # the typical trial; random's figures unknown
+
+
+def test_a_trial_ran_its_course_at_max_epochs_or_when_it_stopped_itself():
+    assert ran_its_course({"epoch": 200, "stopped_early": False}, 200)
+    assert ran_its_course({"epoch": 73, "stopped_early": True}, 200)
+    assert not ran_its_course({"epoch": 40, "stopped_early": False}, 200)  # cut at a rung
+    assert not ran_its_course({}, 200)  # never reported
 
 
 @pytest.mark.parametrize("recipe", [BayesNetRecipe(max_parents=2, seed=7), MixtureRecipe(num_components=3, seed=7)])
