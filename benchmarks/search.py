@@ -331,7 +331,9 @@ def run_dataset(name: str, suite: Suite, args: argparse.Namespace, work: Path, s
         row.baselines[family] = result
         log(f"{name}: baseline {family}: test {result.test_nll:.3f} ± {result.test_nll_stderr:.3f} "
             f"({result.epochs} epochs, {result.seconds:.0f} s)")  # fmt: skip
-    grace = max(1, suite.max_epochs // 5)
+    from search.tuner import default_grace_period
+
+    grace = default_grace_period(suite.max_epochs)
     for sampler in args.samplers:
         warm = warm_sources(Path(args.warm_start_from), data.name) if sampler == "warm" else None
         if warm == []:
@@ -652,6 +654,7 @@ def render_saved_run(work: Path, args: argparse.Namespace) -> str:
     the typical-trial figures read from the run's experiment folders where rows.json lacks them."""
     from made_core.data import load_dataset
     from made_core.registry import DATASETS
+    from search.tuner import default_grace_period
 
     rows = [row_from_json(record) for record in json.loads((work / "rows.json").read_text())]
     for row in rows:
@@ -663,7 +666,8 @@ def render_saved_run(work: Path, args: argparse.Namespace) -> str:
         for sweep in row.sweeps.values():  # figures added since the run: read from its experiment folder
             folder = work / "experiments" / sweep.experiment
             if not math.isfinite(sweep.median_trial_nll) and folder.is_dir():
-                again = read_sweep(folder, sweep.sampler, os.cpu_count() or 1, max(1, suite.max_epochs // 5), suite.max_epochs)
+                grace = default_grace_period(suite.max_epochs)
+                again = read_sweep(folder, sweep.sampler, os.cpu_count() or 1, grace, suite.max_epochs)
                 sweep.median_trial_nll, sweep.full_length_share = again.median_trial_nll, again.full_length_share
     return write_outputs(rows, saved["suite_name"], suite, saved["header"], Path(args.output))
 

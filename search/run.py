@@ -315,12 +315,11 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Validate the command line into a SweepPlan (and the experiment.json of a resumed sweep)."""
     from made_core.data import DatasetError, canonical_name, is_dataset_file
     from results.storage import ExperimentFolder, StorageError, normalize_storage
-    from search.tuner import SweepPlan
+    from search.tuner import SweepPlan, default_grace_period
     from spaces import SpaceError, get_space
 
     if args.grace_period is None:
-        # Generous by default: ensembles of many masks learn slowly at first and end best.
-        args.grace_period = max(1, args.max_epochs // 5)
+        args.grace_period = default_grace_period(args.max_epochs)
     for flag in (
         "num_samples",
         "max_epochs",

@@ -90,6 +90,12 @@ class SweepPlan:
 REDUCTION_FACTOR = 3  # ASHA keeps the best third of the trials at each rung
 
 
+def default_grace_period(max_epochs: int) -> int:
+    """ASHA's first rung when none is given: generous, a fifth of the epochs, because ensembles
+    of many masks learn slowly at first and end best."""
+    return max(1, max_epochs // 5)
+
+
 def asha_rungs(grace_period: int, max_epochs: int, reduction_factor: int = REDUCTION_FACTOR) -> list[int]:
     """The epochs where ASHA may stop a trial: grace, grace x rf, grace x rf^2, ... below max_epochs."""
     rungs, rung = [], grace_period
