@@ -80,9 +80,10 @@ def should_checkpoint(
     )
 
 
-def should_report(settings: TrialSettings, epoch: int, done: bool, checkpoint: bool, seconds_since_last: float) -> bool:
-    """Whether the trial reports the validation of ``epoch`` (see TrialSettings.report_seconds)."""
-    return done or checkpoint or epoch in settings.rung_epochs or seconds_since_last >= settings.report_seconds
+def should_report(settings: TrialSettings, epoch: int, done: bool, seconds_since_last: float) -> bool:
+    """Whether a trial that does not checkpoint now reports the validation of ``epoch`` (a checkpoint
+    always comes with a report; see TrialSettings.report_seconds)."""
+    return done or epoch in settings.rung_epochs or seconds_since_last >= settings.report_seconds
 
 
 def trial_device() -> str:
@@ -154,7 +155,7 @@ def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.nd
                 trainer.save_checkpoint(folder)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
             last_checkpoint = last_report = time.monotonic()
-        elif should_report(settings, result.epoch, result.done, False, now - last_report):
+        elif should_report(settings, result.epoch, result.done, now - last_report):
             tune.report(metrics)
             last_report = time.monotonic()
 

@@ -150,13 +150,12 @@ def test_a_trial_validating_every_few_epochs_reports_at_every_rung(monkeypatch):
 
 def test_trials_report_by_time_besides_rungs_checkpoints_and_the_end():
     settings = TrialSettings(max_epochs=200, patience=30, seed=0, rung_epochs=(40, 120), report_seconds=1.0)
-    assert not should_report(settings, 7, done=False, checkpoint=False, seconds_since_last=0.5)
-    assert should_report(settings, 7, done=False, checkpoint=False, seconds_since_last=1.0)
-    assert should_report(settings, 40, done=False, checkpoint=False, seconds_since_last=0.0)  # ASHA judges here
-    assert should_report(settings, 7, done=False, checkpoint=True, seconds_since_last=0.0)
-    assert should_report(settings, 9, done=True, checkpoint=False, seconds_since_last=0.0)
+    assert not should_report(settings, 7, done=False, seconds_since_last=0.5)
+    assert should_report(settings, 7, done=False, seconds_since_last=1.0)
+    assert should_report(settings, 40, done=False, seconds_since_last=0.0)  # ASHA judges here
+    assert should_report(settings, 9, done=True, seconds_since_last=0.0)
     every = dataclasses.replace(settings, report_seconds=0.0)
-    assert should_report(every, 7, done=False, checkpoint=False, seconds_since_last=0.0)
+    assert should_report(every, 7, done=False, seconds_since_last=0.0)
 
 
 # -- sampler and own dataset files --------------------------------------------------------------
