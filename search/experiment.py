@@ -9,8 +9,10 @@ mask ensemble and writes ``best.json`` and the best model.
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,18 +68,51 @@ class TrialRecord:
         return float(value) if value is not None else math.nan
 
 
+# A trial the time budget stopped before its first report has no result files and no
+# checkpoint. Ray's ExperimentAnalysis logs that as a warning and an error at the end of every
+# budget-driven sweep; such a trial is read as one with no results, and any other problem
+# reading a trial still gets Ray's warning.
+_NOTHING_REPORTED = "both result.json and progress.csv were not found"
+
+
+class _TrialsThatReportedNothing(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("No checkpoints have been found for trial"):
+            return False  # a TrialRecord without a checkpoint is never a finalist
+        if message.startswith("Failed to fetch metrics for"):
+            errors = message.splitlines()[1:]
+            return not errors or not all(_NOTHING_REPORTED in line for line in errors)
+        return True
+
+
+@contextmanager
+def _quiet_about_trials_that_reported_nothing() -> Iterator[None]:
+    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    quiet = _TrialsThatReportedNothing()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def read_ray_trials(experiment_path: str | Path) -> list[TrialRecord]:
     """Every trial of the experiment, from Ray's own files (works without Ray running).
 
     ``experiment_path`` is a local folder or a URI (``s3://bucket/prefix/<name>``, query
-    parameters allowed): ``ExperimentAnalysis`` reads either through pyarrow.
+    parameters allowed): ``ExperimentAnalysis`` reads either through pyarrow. A trial that
+    reported nothing (the budget ended as it started) has an empty ``last_result`` and no
+    checkpoint.
     """
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(str(experiment_path))
+    with _quiet_about_trials_that_reported_nothing():
+        analysis = ExperimentAnalysis(str(experiment_path))
+        checkpoints = {trial.trial_id: analysis.get_last_checkpoint(trial) for trial in analysis.trials}
     records = []
     for trial in analysis.trials:
-        checkpoint = analysis.get_last_checkpoint(trial)
+        checkpoint = checkpoints[trial.trial_id]
         records.append(
             TrialRecord(
                 trial_id=trial.trial_id,

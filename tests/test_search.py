@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -17,6 +19,7 @@ import pytest
 from driver_processes import finish, kill_after_finished, kill_group, start_driver
 
 from results import schema
+from search.experiment import read_ray_trials
 from search.run import DEFAULT_NUM_SAMPLES, UsageError, main, make_plan, parse_args, parse_duration, trial_count
 from spaces import HYPERPARAMETERS
 
@@ -71,6 +74,39 @@ def test_sweep_writes_results_and_study(tmp_path, ray_env):
     table = pd.read_csv(tmp_path / "tables" / schema.BEST_TABLE)
     assert table.loc[0, "dataset"] == "synthetic-tiny" and table.loc[0, "test_nll"] == pytest.approx(best["test_nll"])
     assert "sweep best" in output and "best trial" in output
+    assert "Failed to fetch metrics" not in output and "No checkpoints have been found" not in output
+
+    # A trial the budget stops before its first report leaves no result files and no checkpoint:
+    # read as a trial with no results, without Ray's warning and error about it; other problems
+    # reading a trial keep Ray's warning.
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    def read_with_ray_warnings() -> tuple[dict, list[str]]:
+        catch, ray_analysis = Collect(), logging.getLogger("ray.tune.analysis.experiment_analysis")
+        ray_analysis.addHandler(catch)
+        try:
+            read = {record.trial_id: record for record in read_ray_trials(experiment)}
+        finally:
+            ray_analysis.removeHandler(catch)
+        return read, catch.messages
+
+    silent, corrupt = trials["trial_id"][1], trials["trial_id"][2]
+    for checkpoint in (experiment / f"trial_{silent}").glob("checkpoint_*"):
+        shutil.rmtree(checkpoint)
+    for leftover in ("result.json", "progress.csv"):
+        (experiment / f"trial_{silent}" / leftover).unlink()
+    read, warnings = read_with_ray_warnings()
+    assert warnings == [] and read[silent].history.empty and not read[trials["trial_id"][0]].history.empty
+    for leftover in ("result.json", "progress.csv"):
+        (experiment / f"trial_{corrupt}" / leftover).write_text("{not json")
+    read, warnings = read_with_ray_warnings()
+    assert len(warnings) == 1 and "Failed to fetch metrics" in warnings[0] and corrupt in warnings[0], warnings
 
 
 @pytest.mark.slow
