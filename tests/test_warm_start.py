@@ -36,9 +36,10 @@ def _experiment(folder, dataset, rows):
 
 
 def _trial(nll, units, masks=1, lr=1.0e-3):
+    """A trials.csv row: every hyperparameter of its trial's configuration, fixed ones included."""
     return {"trial_id": f"t{units}{masks}", "best_valid_nll": nll, "hidden_layers": 1, "hidden_units": units,
-            "num_masks": masks, "ordering": "natural", "direct_connection": True, "learning_rate": lr,
-            "weight_decay": 0.0, "batch_size": 100}  # fmt: skip
+            "num_masks": masks, "ordering": "natural", "direct_connection": True, "activation": "relu",
+            "learning_rate": lr, "weight_decay": 0.0, "batch_size": 100}  # fmt: skip
 
 
 def test_best_per_dataset_interleaved_and_deduplicated(tmp_path):
