@@ -102,28 +102,25 @@ def read_ray_trials(experiment_path: str | Path) -> list[TrialRecord]:
 
     ``experiment_path`` is a local folder or a URI (``s3://bucket/prefix/<name>``, query
     parameters allowed): ``ExperimentAnalysis`` reads either through pyarrow. A trial that
-    reported nothing (the budget ended as it started) has an empty ``last_result`` and no
-    checkpoint.
+    reported nothing (the budget ended as it started) has no history and no checkpoint.
     """
     from ray.tune import ExperimentAnalysis
 
+    records = []
     with _quiet_about_trials_that_reported_nothing():
         analysis = ExperimentAnalysis(str(experiment_path))
-        checkpoints = {trial.trial_id: analysis.get_last_checkpoint(trial) for trial in analysis.trials}
-    records = []
-    for trial in analysis.trials:
-        checkpoint = checkpoints[trial.trial_id]
-        records.append(
-            TrialRecord(
-                trial_id=trial.trial_id,
-                status=str(trial.status),
-                config=_canonical_order(trial.config),
-                last_result=dict(trial.last_result or {}),
-                history=analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame()),
-                num_failures=int(getattr(trial, "num_failures", 0)),
-                checkpoint=checkpoint,
+        for trial in analysis.trials:
+            records.append(
+                TrialRecord(
+                    trial_id=trial.trial_id,
+                    status=str(trial.status),
+                    config=_canonical_order(trial.config),
+                    last_result=dict(trial.last_result or {}),
+                    history=analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame()),
+                    num_failures=int(getattr(trial, "num_failures", 0)),
+                    checkpoint=analysis.get_last_checkpoint(trial),
+                )
             )
-        )
     return records  # in creation order: Ray keeps its trials in the order the searcher made them
 
 
