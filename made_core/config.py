@@ -30,7 +30,7 @@ VALIDATIONS_PER_PATIENCE = 4
 # TrainConfig's fields that are hyperparameters of the vocabulary (hidden_sizes stands for
 # hidden_layers x hidden_units); their defaults, domains and help live there.
 HYPERPARAMETER_FIELDS = ("num_masks", "ordering", "direct_connection", "activation", "optimizer",
-                          "learning_rate", "momentum", "weight_decay", "batch_size")  # fmt: skip
+                          "learning_rate", "momentum", "weight_decay", "lr_decay", "batch_size")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class TrainConfig:
     learning_rate: float = DEFAULTS["learning_rate"]
     momentum: float = DEFAULTS["momentum"]
     weight_decay: float = DEFAULTS["weight_decay"]
+    lr_decay: float = DEFAULTS["lr_decay"]
     batch_size: int = DEFAULTS["batch_size"]
     grad_clip: float | None = None  # max gradient norm; None: no clipping
     max_epochs: int = 200
@@ -93,6 +94,11 @@ class TrainConfig:
             problems.append(f"valid_target_masks={self.valid_target_masks} is not an ensemble size of num_masks={self.num_masks}")
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
+
+    @property
+    def lr_plateau_epochs(self) -> int:
+        """Epochs without a better validation NLL before the lr decays (``lr_decay``): a third of the patience."""
+        return max(1, self.patience // 3)
 
     @property
     def validation_masks(self) -> int:

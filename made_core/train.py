@@ -89,6 +89,7 @@ class _Progress:
     best_valid_nll: float = math.inf
     best_epoch: int = 0
     epochs_since_best: int = 0
+    last_lr_decay_epoch: int = 0  # the epoch of the last learning-rate decay (0: none yet)
     status: str = "running"
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -193,6 +194,8 @@ class Trainer:
             status = (
                 "early_stopped" if p.epochs_since_best >= c.patience else "finished" if p.epoch >= c.max_epochs else "running"
             )
+        if status == "running":
+            self._decay_lr_on_plateau()
         p.status = status
         if status != "running":
             self.restore_best()
@@ -210,6 +213,16 @@ class Trainer:
         )
         p.history.append({"epoch": p.epoch, "train_nll": train_nll, "valid_nll": valid_nll, "epoch_seconds": seconds})
         return result
+
+    def _decay_lr_on_plateau(self) -> None:
+        """Multiply the lr by ``lr_decay`` once the validation NLL has not improved for
+        ``lr_plateau_epochs`` since the best epoch or the last decay, whichever is later (a
+        plateau gets up to two decays before early stopping ends it)."""
+        p, c = self.progress, self.config
+        if c.lr_decay < 1.0 and p.epoch - max(p.best_epoch, p.last_lr_decay_epoch) >= c.lr_plateau_epochs:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= c.lr_decay
+            p.last_lr_decay_epoch = p.epoch
 
     def restore_best(self) -> None:
         """Put the weights of the best validation epoch back (no-op before any finite epoch)."""

@@ -350,7 +350,7 @@ def summarize_config(row: pd.Series | dict[str, Any], hyperparameters: Iterable[
     if "direct_connection" in config:
         direct = config.pop("direct_connection")
         parts.append("direct" if str(direct).lower() in ("true", "1", "1.0") else "no direct")
-    short = {"learning_rate": "lr", "momentum": "mom", "weight_decay": "wd", "batch_size": "bs"}
+    short = {"learning_rate": "lr", "momentum": "mom", "weight_decay": "wd", "lr_decay": "decay", "batch_size": "bs"}
     for name, value in config.items():
         number = _number(value)
         shown = f"{number:g}" if math.isfinite(number) and not isinstance(value, str) else str(value)

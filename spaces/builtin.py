@@ -102,7 +102,7 @@ PAPER: dict[str, Any] = {
     "description": (
         "The grid of Germain et al. (2015): 1-2 hidden layers of 500 units (MNIST 500-8000), "
         "1-32 masks or mask sampling, natural/random/agnostic orderings, direct connection or not, "
-        "Adagrad, Adadelta or SGD (with or without momentum), minibatches of 100, ReLU."
+        "Adagrad, Adadelta or SGD (with or without momentum) at a constant lr, minibatches of 100, ReLU."
     ),
     "params": {
         "hidden_layers": {"int": [1, 2]},
@@ -122,7 +122,8 @@ PAPER: dict[str, Any] = {
         # Plain SGD, or SGD with the usual momentum.
         "momentum": {"choice": [0.0, 0.9], "when": {"optimizer": "sgd"}},
     },
-    "fixed": {"hidden_units": 500, "activation": "relu", "weight_decay": 0.0, "batch_size": 100},
+    # The paper trained at a constant lr.
+    "fixed": {"hidden_units": 500, "activation": "relu", "weight_decay": 0.0, "lr_decay": 1.0, "batch_size": 100},
     "datasets": {"mnist": {"params": {"hidden_units": {"choice": [500, 1000, 2000, 4000, 8000]}}}},
 }
 

@@ -38,6 +38,7 @@ CANONICAL = (
     "learning_rate",
     "momentum",
     "weight_decay",
+    "lr_decay",
     "batch_size",
 )
 BUILTINS = ("default", "paper", "quick")
