@@ -70,8 +70,9 @@ class TrialRecord:
 
 # A trial the time budget stopped before its first report has no result files and no
 # checkpoint. Ray's ExperimentAnalysis logs that as a warning and an error at the end of every
-# budget-driven sweep; such a trial is read as one with no results, and any other problem
-# reading a trial still gets Ray's warning.
+# budget-driven sweep (when ``Tuner.fit`` builds its ResultGrid, and again when the sweep is read
+# back); such a trial is read as one with no results, and any other problem reading a trial
+# still gets Ray's warning.
 _NOTHING_REPORTED = "both result.json and progress.csv were not found"
 
 
@@ -87,7 +88,8 @@ class _TrialsThatReportedNothing(logging.Filter):
 
 
 @contextmanager
-def _quiet_about_trials_that_reported_nothing() -> Iterator[None]:
+def quiet_about_trials_that_reported_nothing() -> Iterator[None]:
+    """Inside: Ray's experiment analysis says nothing of trials that reported nothing (see above)."""
     logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
     quiet = _TrialsThatReportedNothing()
     logger.addFilter(quiet)
@@ -107,7 +109,7 @@ def read_ray_trials(experiment_path: str | Path) -> list[TrialRecord]:
     from ray.tune import ExperimentAnalysis
 
     records = []
-    with _quiet_about_trials_that_reported_nothing():
+    with quiet_about_trials_that_reported_nothing():
         analysis = ExperimentAnalysis(str(experiment_path))
         for trial in analysis.trials:
             records.append(

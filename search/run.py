@@ -643,7 +643,14 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     from made_core.ensembles import describe_test_mask_choice
     from results.storage import STUDY_UPLOAD_SECONDS, PeriodicUpload, remove_stale_staging
     from search.api import NoResultError, SweepResult
-    from search.experiment import evaluate_best, read_ray_trials, trials_table, write_json, write_trial_files
+    from search.experiment import (
+        evaluate_best,
+        quiet_about_trials_that_reported_nothing,
+        read_ray_trials,
+        trials_table,
+        write_json,
+        write_trial_files,
+    )
     from search.provenance import provenance
     from search.tuner import ProgressPrinter, make_trainable, make_tuner, restore_tuner
 
@@ -697,7 +704,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     study_upload = PeriodicUpload(folder, study_file, schema.STUDY_FILE) if study_file is not None else nullcontext()
     fit_started = time.time()
     try:
-        with study_upload:
+        with study_upload, quiet_about_trials_that_reported_nothing():
             tuner.fit()
     except KeyboardInterrupt:
         status = "interrupted"
