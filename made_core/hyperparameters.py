@@ -15,9 +15,7 @@ The defaults are one deliberate choice, not the plain MADE: one layer of 500 uni
 trained as an ensemble of 8 order-agnostic masks with the direct input->output
 connection, Adam at 1e-3 (on dna it reaches a test NLL of about 83.8 where the plain
 natural-order MADE stops near 85-90). The lr is halved whenever validation stalls for a third of
-the patience (``lr_decay``): neutral to helpful at Adam 1e-3, and at 3e-3 with 32 masks better
-on 6 of the search benchmark's 7 sets by up to 8.9 nats, neutral on the seventh
-(results/ablation_lr_decay.md).
+the patience (``lr_decay``; the evidence is results/ablation_lr_decay.md).
 
 - ``num_masks``: K >= 1 connectivity masks cycled one per minibatch, K = 1 being
   the plain MADE; ``MASK_SAMPLING`` (0) means a fresh mask every minibatch, the

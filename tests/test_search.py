@@ -111,7 +111,7 @@ def test_sweep_writes_results_and_study(tmp_path, ray_env):
 
 
 _SILENT_TRIALS_SCRIPT = """
-import logging, sys, time
+import contextlib, logging, sys, time
 import ray
 from ray import tune
 from search.experiment import quiet_about_trials_that_reported_nothing
@@ -131,10 +131,7 @@ for name, quiet in (("loud", False), ("quiet", True)):
     before = Count.count
     tuner = tune.Tuner(silent, tune_config=tune.TuneConfig(num_samples=2, time_budget_s=8),
                        run_config=tune.RunConfig(storage_path=sys.argv[1], name=name, verbose=0))
-    if quiet:
-        with quiet_about_trials_that_reported_nothing():
-            tuner.fit()
-    else:
+    with quiet_about_trials_that_reported_nothing() if quiet else contextlib.nullcontext():
         tuner.fit()
     print(name, Count.count - before, flush=True)
 ray.shutdown()

@@ -155,27 +155,29 @@ def test_every_optimizer_trains(tiny):
         assert results[-1].valid_nll < results[0].valid_nll + 1e-6 or results[-1].best_valid_nll < 7.0, optimizer
 
 
+def _validate(trainer: Trainer, valid_nll: float) -> float:
+    """Pass one epoch and validate it at ``valid_nll`` (what the epoch trained is irrelevant to
+    the lr decay's rule); returns the lr after it."""
+    trainer.progress.epoch += 1
+    trainer._finish(0.0, 1, 1.0, valid_nll, None)
+    return trainer.optimizer.param_groups[0]["lr"]
+
+
 def test_lr_decays_on_a_plateau_and_survives_a_checkpoint(tmp_path, tiny):
     """lr x lr_decay once validation has not improved for patience // 3 epochs since the best
     epoch or the last decay; a new best does not undo a decay; the lr and the decay's epoch
     round-trip through a checkpoint; early stopping ends a plateau without a last decay."""
     config = small_config(patience=6, lr_decay=0.5, learning_rate=1e-3, max_epochs=50)
     assert config.lr_plateau_epochs == 2
-
-    def validate(trainer: Trainer, valid_nll: float) -> float:
-        trainer.progress.epoch += 1  # what the epoch trained is irrelevant to the rule
-        trainer._finish(0.0, 1, 1.0, valid_nll, None)
-        return trainer.optimizer.param_groups[0]["lr"]
-
     trainer = Trainer(config, tiny.train, tiny.valid)
-    lrs = [validate(trainer, v) for v in (5.0, 6.0, 6.0, 6.0, 6.0, 4.0, 6.0)]
+    lrs = [_validate(trainer, v) for v in (5.0, 6.0, 6.0, 6.0, 6.0, 4.0, 6.0)]
     assert lrs == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4, 2.5e-4])
     assert (trainer.progress.last_lr_decay_epoch, trainer.progress.best_epoch) == (5, 6)
     trainer.save_checkpoint(tmp_path)
     resumed = Trainer.from_checkpoint(tmp_path, tiny.train, tiny.valid)
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)
     assert resumed.progress.last_lr_decay_epoch == 5
-    lrs = [validate(resumed, 6.0) for _ in range(5)]  # epochs 8-12: decays at 8 and 10, stops at 12
+    lrs = [_validate(resumed, 6.0) for _ in range(5)]  # epochs 8-12: decays at 8 and 10, stops at 12
     assert lrs == pytest.approx([1.25e-4, 1.25e-4, 6.25e-5, 6.25e-5, 6.25e-5])
     assert resumed.progress.status == "early_stopped" and resumed.progress.last_lr_decay_epoch == 10
 
@@ -187,9 +189,8 @@ def test_every_optimizer_decays_and_the_default_lr_is_constant(tiny, optimizer, 
         config = small_config(optimizer=optimizer, num_masks=num_masks, ordering="agnostic", patience=3,
                               lr_decay=lr_decay, learning_rate=0.1)  # fmt: skip
         trainer = Trainer(config, tiny.train, tiny.valid)
-        for epoch, valid_nll in enumerate((5.0, 6.0), start=1):  # one epoch without a better one
-            trainer.progress.epoch = epoch
-            trainer._finish(0.0, 1, 1.0, valid_nll, None)
+        for valid_nll in (5.0, 6.0):  # one epoch without a better one
+            _validate(trainer, valid_nll)
         lrs = [group["lr"] for group in trainer.optimizer.param_groups]
         assert lrs == pytest.approx([expected] * len(lrs))
         assert len(list(trainer.epochs())) > 0  # and it trains on with that lr

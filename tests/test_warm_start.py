@@ -36,7 +36,8 @@ def _experiment(folder, dataset, rows):
 
 
 def _trial(nll, units, masks=1, lr=1.0e-3):
-    """A trials.csv row: every hyperparameter of its trial's configuration, fixed ones included."""
+    """A trials.csv row with (at least) every hyperparameter the default space's start points pin,
+    as real rows carry them all."""
     return {"trial_id": f"t{units}{masks}", "best_valid_nll": nll, "hidden_layers": 1, "hidden_units": units,
             "num_masks": masks, "ordering": "natural", "direct_connection": True, "activation": "relu",
             "learning_rate": lr, "weight_decay": 0.0, "batch_size": 100}  # fmt: skip
