@@ -192,6 +192,7 @@ def ran_its_course(last_result: dict[str, Any], max_epochs: int) -> bool:
 
 def read_sweep(path: Path, sampler: str, slots: int, grace_period: int, max_epochs: int) -> SweepFigures:
     """The figures of a finished sweep from its experiment folder."""
+    from results import schema
     from results.tables import order_hyperparameters, summarize_config
     from search.experiment import read_ray_trials
     from search.tuner import asha_rungs
@@ -200,7 +201,9 @@ def read_sweep(path: Path, sampler: str, slots: int, grace_period: int, max_epoc
     info = json.loads((path / "experiment.json").read_text())
     records = read_ray_trials(path)
     histories = {r.trial_id: r.history for r in records}
-    trial_seconds = sum(float(r.last_result.get("time_total_s", 0.0)) for r in records)
+    # Retrainings with other seeds (--reseeds) run inside the sweep's fit time: their trials count too.
+    retrained = read_ray_trials(path / schema.RESEEDS_FOLDER) if (path / schema.RESEEDS_FOLDER).is_dir() else []
+    trial_seconds = sum(float(r.last_result.get("time_total_s", 0.0)) for r in [*records, *retrained])
     fit_seconds = float(info.get("fit_seconds", info["wall_seconds"]))
     finalists = best.get("finalists", [])
     return SweepFigures(

@@ -34,6 +34,10 @@ CURVES_FILE = "curves.csv"
 BEST_FILE = "best.json"
 STUDY_FILE = "study.db"
 BEST_MODEL_FOLDER = "best_model"  # the best trial's model (made_core.save_model), written beside best.json
+# Ray Tune's experiment of the leading configuration retrained with other seeds (--reseeds), inside the experiment folder.
+RESEEDS_FOLDER = "reseeds"
+# The config key under which a retrained trial carries its seed (the sweep's trials use experiment.json's seed).
+TRIAL_SEED_KEY = "trial_seed"
 
 
 class ExperimentCore(TypedDict):
@@ -187,7 +191,11 @@ class BestOptional(TypedDict, total=False):
     checkpoint_uri: str  # URI storage: the BEST_MODEL_FOLDER's URI
     # The finalists (the top trials by sweep objective) re-evaluated on validation with their
     # test-time ensembles; the one with the lowest such NLL is the chosen trial.
-    finalists: list[dict[str, Any]]  # [{"trial_id", "sweep_valid_nll", "valid_nll", "test_masks"}, ...]
+    finalists: list[dict[str, Any]]  # [{"trial_id", "seed", "sweep_valid_nll", "valid_nll", "test_masks"}, ...]
+    seed: int  # the chosen model's training seed
+    # The leading finalist and its retrainings with other seeds (--reseeds; empty without), each
+    # evaluated like a finalist; the one with the lowest validation NLL is the chosen model.
+    reseeds: list[dict[str, Any]]  # [{"trial_id", "seed", "sweep_valid_nll", "valid_nll", "test_masks"}, ...]
 
 
 class BestTrial(BestCore, BestOptional):

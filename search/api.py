@@ -49,6 +49,7 @@ class SweepResult:
     valid_nll: float
     test_masks: int
     trial_id: str
+    seed: int  # the chosen model's training seed (the sweep's, or a retraining's: --reseeds)
     trials: pd.DataFrame
     tables_dir: Path | None
 

@@ -197,60 +197,76 @@ class Finalist:
     record: TrialRecord
     model: Any  # made_core.MADE
     ensemble: Any  # made_core.ensembles.TestEnsemble
+    seed: int  # its training seed
+
+    @property
+    def valid_nll(self) -> float:
+        """Validation NLL with its test-time ensemble (inf when not finite, so it ranks last)."""
+        value = self.ensemble.valid.mean
+        return value if math.isfinite(value) else math.inf
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """Its configuration without a retrained trial's seed."""
+        return {key: value for key, value in self.record.config.items() if key != schema.TRIAL_SEED_KEY}
 
     def summary(self) -> dict[str, Any]:
-        return {"trial_id": self.record.trial_id, "sweep_valid_nll": self.record.best_valid_nll,
+        return {"trial_id": self.record.trial_id, "seed": self.seed, "sweep_valid_nll": self.record.best_valid_nll,
                 "valid_nll": self.ensemble.valid.mean, "test_masks": self.ensemble.masks}  # fmt: skip
 
 
-def reselect(records: list[TrialRecord], valid_data: np.ndarray, test_masks: int | None, finalists: int) -> list[Finalist]:
+def evaluate_finalist(record: TrialRecord, valid_data: np.ndarray, test_masks: int | None, seed: int) -> Finalist:
+    """Load a trial's best model (it must have a checkpoint) and choose its test ensemble on
+    validation. ``seed``: the sweep's, which a retrained trial's config overrides."""
+    assert record.checkpoint is not None
+    with record.checkpoint.as_directory() as checkpoint_folder:
+        model = load_best_model(checkpoint_folder)
+    requested = None if test_masks is None else capped_ensemble_size(test_masks, model.num_masks)
+    seed = int(record.config.get(schema.TRIAL_SEED_KEY, seed))
+    return Finalist(record, model, choose_test_masks(model, valid_data, requested), seed)
+
+
+def reselect(
+    records: list[TrialRecord], valid_data: np.ndarray, test_masks: int | None, finalists: int, seed: int
+) -> list[Finalist]:
     """The top ``finalists`` trials by sweep objective, each re-evaluated on validation with its
     full test-time ensemble, best first by that NLL (ties: the better sweep objective).
 
     The sweep objective is measured (or extrapolated) with a small ensemble on a validation
     set that may hold a few hundred rows; re-evaluating the leaders with the ensemble that
-    will be delivered makes the final choice less a matter of that noise."""
-    evaluated = []
-    for record in finalist_trials(records, finalists):
-        assert record.checkpoint is not None  # finalist_trials keeps only trials with one
-        with record.checkpoint.as_directory() as checkpoint_folder:
-            model = load_best_model(checkpoint_folder)
-        requested = None if test_masks is None else capped_ensemble_size(test_masks, model.num_masks)
-        evaluated.append(Finalist(record, model, choose_test_masks(model, valid_data, requested)))
-    valid = lambda f: f.ensemble.valid.mean if math.isfinite(f.ensemble.valid.mean) else math.inf  # noqa: E731
-    return sorted(evaluated, key=lambda f: (valid(f), f.record.best_valid_nll))
+    will be delivered makes the final choice less a matter of that noise. ``seed``: the sweep's."""
+    evaluated = [evaluate_finalist(record, valid_data, test_masks, seed) for record in finalist_trials(records, finalists)]
+    return sorted(evaluated, key=lambda f: (f.valid_nll, f.record.best_valid_nll))
 
 
 def evaluate_best(
     experiment_path: Path,
-    records: list[TrialRecord],
+    ranked: list[Finalist],
     dataset: str,
-    valid_data: np.ndarray,
     test_data: np.ndarray,
-    test_masks: int | None,
     extra: schema.BestOptional | None = None,
     *,
     checkpoint_path: str | None = None,
-    finalists: int = 3,
+    reseeded: list[Finalist] | None = None,
 ) -> schema.BestTrial | None:
-    """Evaluate the best trial once on the test set; write best_model/ and best.json. Returns best.json's data.
+    """Evaluate the chosen model once on the test set; write best_model/ and best.json. Returns best.json's data.
 
-    The best trial is chosen among the ``finalists`` trials with the lowest sweep objective
-    (``best_valid_nll``): each one's test ensemble is chosen on the validation set
-    (``made_core.ensembles.choose_test_masks``) and the lowest validation NLL with it wins
-    (``reselect``); best.json lists them as ``finalists``. Its ``valid_nll`` is the winner's
-    validation NLL with that ensemble, so it and ``test_nll`` describe the same model, and the
-    sweep's figure is kept as ``sweep_valid_nll``.
+    ``ranked``: the finalists (``reselect``), best first; best.json lists them as ``finalists``.
+    ``reseeded``: the leading finalist's configuration retrained with other seeds, evaluated
+    the same way; the leader or one of them, whichever has the lowest validation NLL with its
+    test ensemble, is the chosen model (best.json's ``reseeds`` lists them, the leader first).
+    best.json's ``valid_nll`` is the chosen model's validation NLL with that ensemble, so it
+    and ``test_nll`` describe the same model; the sweep's figure is kept as ``sweep_valid_nll``.
 
-    ``experiment_path`` is the local folder written to. The trial's checkpoint is read through
-    Ray's ``Checkpoint`` (downloaded first when it lives at a URI). best.json's
-    ``checkpoint_path`` is the absolute best_model/ folder unless ``checkpoint_path`` is given
-    (URI storage: the path relative to the experiment folder).
+    ``experiment_path`` is the local folder written to. best.json's ``checkpoint_path`` is the
+    absolute best_model/ folder unless ``checkpoint_path`` is given (URI storage: the path
+    relative to the experiment folder). None when there is no finalist.
     """
-    ranked = reselect(records, valid_data, test_masks, finalists)
     if not ranked:
         return None
-    best, model, ensemble = ranked[0].record, ranked[0].model, ranked[0].ensemble
+    candidates = [ranked[0], *(reseeded or [])]
+    chosen = min(candidates, key=lambda f: f.valid_nll)  # the leader wins ties
+    best, model, ensemble = chosen.record, chosen.model, chosen.ensemble
     test = evaluate_nll(model, test_data, n_masks=ensemble.masks)
     model_folder = experiment_path / schema.BEST_MODEL_FOLDER
     save_model(model, model_folder)
@@ -258,7 +274,7 @@ def evaluate_best(
         "dataset": dataset,
         "experiment": experiment_path.name,
         "trial_id": best.trial_id,
-        "config": best.config,
+        "config": chosen.hyperparameters,
         "valid_nll": ensemble.valid.mean,
         "test_nll": test.mean,
         "test_nll_stderr": test.stderr,
@@ -268,6 +284,8 @@ def evaluate_best(
         "checkpoint_path": checkpoint_path or str(model_folder),
         "finished_at": utc_now(),
         "finalists": [finalist.summary() for finalist in ranked],
+        "seed": chosen.seed,
+        "reseeds": [candidate.summary() for candidate in candidates] if reseeded else [],
     }
     summary.update(extra or {})
     write_json(experiment_path / schema.BEST_FILE, summary)

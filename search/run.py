@@ -181,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="top trials by the sweep's objective re-evaluated on validation with their test-time ensembles; "
         "the best of them is tested (1: the top trial as is)",
     )
+    add(
+        "--reseeds",
+        type=int,
+        default=0,
+        help="after the search, train the leading finalist's configuration again with this many other seeds "
+        "(seed+1, ...); the one of them and the leader with the lowest validation NLL is tested (0: none)",
+    )
+    add(
+        "--reseed-share",
+        type=float,
+        default=0.15,
+        help="with --reseeds and --time-budget: the share of the budget kept for the retraining; the search stops at the rest",
+    )
     add("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint")
     add(
         "--checkpoint-every",
@@ -346,6 +359,8 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     _require(args.checkpoint_seconds > 0, f"--checkpoint-seconds must be positive, got {args.checkpoint_seconds}")
     _require(args.report_seconds >= 0, f"--report-seconds must be >= 0, got {args.report_seconds}")
     _require(args.max_failures >= 0, f"--max-failures must be >= 0, got {args.max_failures}")
+    _require(args.reseeds >= 0, f"--reseeds must be >= 0, got {args.reseeds}")
+    _require(0 <= args.reseed_share < 1, f"--reseed-share must be in [0, 1), got {args.reseed_share}")
     _require(args.test_masks is None or args.test_masks >= 1, f"--test-masks must be >= 1, got {args.test_masks}")
     _require(args.valid_masks is None or args.valid_masks >= 1, f"--valid-masks must be >= 1, got {args.valid_masks}")
     _require(
@@ -458,6 +473,8 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         checkpoint_seconds=args.checkpoint_seconds,
         report_seconds=args.report_seconds,
         finalists=args.finalists,
+        reseeds=args.reseeds,
+        reseed_share=args.reseed_share,
         warm_start=warm_points,
         objective=str(previous.get("settings", {}).get("objective") or args.objective),
         tracking=args.tracking,
@@ -647,11 +664,13 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         evaluate_best,
         quiet_about_trials_that_reported_nothing,
         read_ray_trials,
+        reselect,
         trials_table,
         write_json,
         write_trial_files,
     )
     from search.provenance import provenance
+    from search.reseed import retrain_leader
     from search.tuner import ProgressPrinter, make_trainable, make_tuner, restore_tuner
 
     started = time.time()
@@ -714,6 +733,19 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     records = read_ray_trials(folder.location)
     write_trial_files(experiment_path, records)
     completed = sum(1 for r in records if r.status == "TERMINATED")
+    ranked = reselect(records, data.valid, plan.test_masks, plan.finalists, plan.seed)
+    reseeded = []
+    if ranked and plan.reseeds > 0 and status == "finished":
+        left = None
+        if plan.time_budget_seconds is not None:
+            left = plan.time_budget_seconds - float(previous.get("fit_seconds", 0.0)) - (time.time() - fit_started)
+        reseed_started = time.time()
+        try:
+            reseeded = retrain_leader(plan, trainable, ranked[0], folder, data.valid, left)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            logger.warning("interrupted while retraining with other seeds; continue with --resume")
+        fit_seconds += time.time() - reseed_started
     info = experiment_info(plan, previous, status, started, data, run, len(records), fit_seconds)
     extra: schema.BestOptional = {"true_test_nll": data.true_test_nll} if data.true_test_nll is not None else {}
     model_location = None
@@ -723,9 +755,8 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         model_location = schema.BEST_MODEL_FOLDER
         extra["checkpoint_uri"] = folder.remote(schema.BEST_MODEL_FOLDER)
     best = evaluate_best(
-        experiment_path, records, plan.dataset, data.valid, data.test, plan.test_masks, extra,
-        checkpoint_path=model_location, finalists=plan.finalists,
-    )  # fmt: skip
+        experiment_path, ranked, plan.dataset, data.test, extra, checkpoint_path=model_location, reseeded=reseeded
+    )
     write_json(marker, info)
     folder.publish(schema.TRIALS_FILE, schema.CURVES_FILE, schema.BEST_MODEL_FOLDER, schema.BEST_FILE, schema.EXPERIMENT_FILE)
     if folder.is_uri and study_file is not None:
@@ -739,10 +770,13 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     choice = f"\n  test ensemble chosen on validation: {describe_test_mask_choice(chosen)}" if len(chosen) > 1 else ""
     finalists = best.get("finalists", [])
     if len(finalists) > 1:
-        ranked = ", ".join(f"{f['trial_id']} {f['valid_nll']:.3f} (sweep {f['sweep_valid_nll']:.3f})" for f in finalists)
+        listed = ", ".join(f"{f['trial_id']} {f['valid_nll']:.3f} (sweep {f['sweep_valid_nll']:.3f})" for f in finalists)
         choice += (
-            f"\n  chosen among the top {len(finalists)} by sweep objective, by validation NLL with their test ensembles: {ranked}"
+            f"\n  chosen among the top {len(finalists)} by sweep objective, by validation NLL with their test ensembles: {listed}"
         )
+    if best.get("reseeds"):
+        by_seed = ", ".join(f"seed {r['seed']} {r['valid_nll']:.3f}" for r in best.get("reseeds", []))
+        choice += f"\n  retrained with other seeds, chosen by validation NLL with its test ensemble: {by_seed}; chose seed {best['seed']}"
     logger.info(
         "best trial %s (sweep valid NLL %.3f): with %d mask%s, valid NLL %.3f, test NLL %.3f ± %.3f%s\n  config: %s\n  written: %s",
         best["trial_id"],
@@ -785,6 +819,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         valid_nll=float(best["valid_nll"]),
         test_masks=int(masks),
         trial_id=str(best["trial_id"]),
+        seed=int(best.get("seed", plan.seed)),
         trials=trials_table(records),
         tables_dir=tables_dir,
     )

@@ -27,7 +27,7 @@ from made_core.files import CheckpointError
 from made_core.hyperparameters import MASK_SAMPLING, capped_ensemble_size
 from made_core.precision import DEFAULT_PRECISION
 from made_core.train import Trainer
-from results.schema import TrialMetrics
+from results.schema import TRIAL_SEED_KEY, TrialMetrics
 from results.storage import subfolders
 
 # How Ray Tune names a trial's checkpoint folders (StorageContext._make_checkpoint_dir_name).
@@ -96,7 +96,10 @@ def trial_device() -> str:
 def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.ndarray, settings: TrialSettings) -> None:
     """Train one configuration; reports its TrialMetrics (OBJECTIVE: ``best_valid_nll``) after a
     validation (``made_core.train``: every epoch, or every few where validating costs more) at
-    ASHA's rungs, at the end and about every ``settings.report_seconds`` (``should_report``)."""
+    ASHA's rungs, at the end and about every ``settings.report_seconds`` (``should_report``).
+
+    The seed is the sweep's (``settings.seed``) unless the config carries its own under
+    ``TRIAL_SEED_KEY`` (a retraining of the leading configuration, ``search.reseed``)."""
     import logging
 
     import ray
@@ -109,13 +112,15 @@ def train_made(config: dict[str, Any], train_data: np.ndarray, valid_data: np.nd
     if cpus > 0:
         torch.set_num_threads(cpus)  # Ray sets OMP_NUM_THREADS to the trial's CPU count
     device = trial_device()
+    seed = int(config.get(TRIAL_SEED_KEY, settings.seed))
+    hyperparameters = {key: value for key, value in config.items() if key != TRIAL_SEED_KEY}
     train_config = TrainConfig.from_hyperparameters(
-        config,
+        hyperparameters,
         max_epochs=settings.max_epochs,
         patience=settings.patience,
         validate_every=settings.validate_every,
         validate_at=settings.rung_epochs,  # ASHA judges every trial at the same epochs
-        seed=settings.seed,
+        seed=seed,
         valid_masks=_valid_masks(config, settings),
         valid_target_masks=objective_target_masks(config, settings),
         device=device,

@@ -21,7 +21,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from made_core.precision import DEFAULT_PRECISION
-from results.schema import OBJECTIVE
+from results.schema import OBJECTIVE, RESEEDS_FOLDER, TRIAL_SEED_KEY
 from search.trainable import TrialSettings, train_made
 from spaces import SearchSpace
 
@@ -61,6 +61,8 @@ class SweepPlan:
     finalists: int  # top trials re-evaluated with their test-time ensembles before the test
     warm_start: tuple[dict[str, Any], ...]  # start points from earlier sweeps, after the space's own
     objective: str = "test-ensemble"  # results.schema.OBJECTIVES
+    reseeds: int = 0  # retrainings of the leading configuration with other seeds after the search (search.reseed)
+    reseed_share: float = 0.0  # of the time budget, kept for the retrainings (when reseeds > 0)
     precision: str = DEFAULT_PRECISION  # training steps of GPU trials (made_core.precision)
     tracking: str | None = None  # "mlflow" | "wandb": Ray Tune's logger callback for it
     verbose: bool = False  # Ray Tune's own trial table
@@ -68,6 +70,13 @@ class SweepPlan:
     @property
     def experiment_path(self) -> Path:
         return Path(self.storage) / self.name
+
+    @property
+    def search_budget_seconds(self) -> float | None:
+        """The search's share of the time budget: all of it, less ``reseed_share`` when it retrains."""
+        if self.time_budget_seconds is None or self.reseeds == 0:
+            return self.time_budget_seconds
+        return self.time_budget_seconds * (1.0 - self.reseed_share)
 
     @property
     def trial_settings(self) -> TrialSettings:
@@ -287,24 +296,47 @@ def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback, experim
         scheduler=scheduler,
         num_samples=-1 if plan.num_samples is None else plan.num_samples,  # -1: until time_budget_s ends the sweep
         max_concurrent_trials=plan.concurrency,
-        time_budget_s=plan.time_budget_seconds,
+        time_budget_s=plan.search_budget_seconds,
         trial_dirname_creator=trial_dirname,
         # A finished trial's worker process runs the next trial: no process start, imports or
         # kernel loading between trials (slot use on 75 s dna sweeps: 0.67 without, 0.85 with).
         reuse_actors=True,
     )
-    run_config = tune.RunConfig(
-        name=plan.name,
-        storage_path=plan.storage,
+    run_config = make_run_config(plan, plan.name, plan.storage, [progress, *tracking_callbacks(plan, experiment_path)])
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def make_reseed_tuner(
+    plan: SweepPlan, trainable: Any, config: Mapping[str, Any], seeds: Sequence[int], location: str,
+    time_budget_seconds: float | None, progress: tune.Callback,
+) -> tune.Tuner:  # fmt: skip
+    """``config`` trained once per seed (``TRIAL_SEED_KEY``), to the end (no scheduler), as the
+    Ray Tune experiment ``RESEEDS_FOLDER`` inside the sweep's folder ``location``."""
+    tune_config = tune.TuneConfig(
+        metric=OBJECTIVE,
+        mode="min",
+        max_concurrent_trials=plan.concurrency,
+        time_budget_s=time_budget_seconds,
+        trial_dirname_creator=trial_dirname,
+        reuse_actors=True,
+    )
+    param_space = {**config, TRIAL_SEED_KEY: tune.grid_search(list(seeds))}
+    run_config = make_run_config(plan, RESEEDS_FOLDER, location, [progress])
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def make_run_config(plan: SweepPlan, name: str, storage_path: str, callbacks: list[tune.Callback]) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage_path,
         # The newest checkpoint also carries the best weights, so keeping the last two is enough
         # (num_to_keep=1 with a checkpoint every epoch floods the log).
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-        callbacks=[progress, *tracking_callbacks(plan, experiment_path)],
+        callbacks=callbacks,
         # 2: Ray Tune's trial status table and per-trial results.
         verbose=2 if plan.verbose else 0,
     )
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
 def restore_tuner(location: str, trainable: Any) -> tune.Tuner:

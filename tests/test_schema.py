@@ -21,7 +21,15 @@ from results import schema
 from results.experiments import read_experiment
 from results.tables import order_hyperparameters
 from search import trainable
-from search.experiment import TrialRecord, curves_table, evaluate_best, trials_table, write_json, write_trial_files
+from search.experiment import (
+    TrialRecord,
+    curves_table,
+    evaluate_best,
+    reselect,
+    trials_table,
+    write_json,
+    write_trial_files,
+)
 from search.provenance import provenance
 from search.run import experiment_info, make_plan, parse_args, resolved_settings
 from search.trainable import TrialSettings, train_made
@@ -105,7 +113,7 @@ def test_experiment_folder_written_is_the_schema_and_reads_back(trial, tiny, tmp
     write_json(folder / schema.EXPERIMENT_FILE, finished)
     write_trial_files(folder, [trial])
     extra: schema.BestOptional = {"true_test_nll": float(tiny.true_test_nll), "checkpoint_uri": "s3://bucket/runs/exp/best_model"}
-    best = evaluate_best(folder, [trial], plan.dataset, tiny.valid, tiny.test, None, extra)
+    best = evaluate_best(folder, reselect([trial], tiny.valid, None, 3, plan.seed), plan.dataset, tiny.test, extra)
     assert best is not None
     assert set(best) == {*schema.BEST_KEYS, *schema.BEST_OPTIONAL_KEYS}
     assert Path(best["checkpoint_path"]) == folder / schema.BEST_MODEL_FOLDER and (folder / schema.BEST_MODEL_FOLDER).is_dir()
@@ -136,9 +144,48 @@ def test_the_final_pick_is_the_best_finalist_on_validation_with_its_test_ensembl
     with trial.checkpoint.as_directory() as folder:
         final_valid = choose_test_masks(load_best_model(folder), tiny.valid).valid.mean
     assert final_valid < early_valid
-    best = evaluate_best(tmp_path / "exp", [early, trial], "synthetic-tiny", tiny.valid, tiny.test, None)
+    best = evaluate_best(tmp_path / "exp", reselect([early, trial], tiny.valid, None, 3, 0), "synthetic-tiny", tiny.test)
     assert best is not None and best["trial_id"] == trial.trial_id and best["valid_nll"] == pytest.approx(final_valid)
     assert [f["trial_id"] for f in best["finalists"]] == [trial.trial_id, "early"]
     assert best["finalists"][1]["sweep_valid_nll"] == pytest.approx(trial.best_valid_nll - 1.0)
-    only_top = evaluate_best(tmp_path / "exp1", [early, trial], "synthetic-tiny", tiny.valid, tiny.test, None, finalists=1)
+    only_top = evaluate_best(tmp_path / "exp1", reselect([early, trial], tiny.valid, None, 1, 0), "synthetic-tiny", tiny.test)
     assert only_top is not None and only_top["trial_id"] == "early"
+
+
+def test_a_retraining_with_another_seed_is_chosen_only_when_it_validates_better(trial, tiny, tmp_path):
+    from dataclasses import replace
+
+    # "early" (the first epoch's weights) leads the sweep; "trial" stands for its retraining with seed 7.
+    early = replace(
+        trial, trial_id="early", checkpoint=tune.Checkpoint.from_directory(str(tmp_path / "trial" / "checkpoint_000000"))
+    )
+    retrained = replace(trial, config={**trial.config, schema.TRIAL_SEED_KEY: 7})
+    [leader] = reselect([early], tiny.valid, None, 1, seed=3)
+    [better] = reselect([retrained], tiny.valid, None, 1, seed=3)
+    assert (leader.seed, better.seed) == (3, 7) and better.valid_nll < leader.valid_nll
+
+    best = evaluate_best(tmp_path / "exp", [leader], "synthetic-tiny", tiny.test, reseeded=[better])
+    assert best is not None and best["trial_id"] == trial.trial_id and best["seed"] == 7
+    assert best["config"] == trial.config  # the seed is not a hyperparameter
+    assert [(r["trial_id"], r["seed"]) for r in best["reseeds"]] == [("early", 3), (trial.trial_id, 7)]
+    assert best["valid_nll"] == pytest.approx(better.valid_nll)
+
+    kept = evaluate_best(tmp_path / "exp1", [better], "synthetic-tiny", tiny.test, reseeded=[leader])
+    assert kept is not None and kept["seed"] == 7 and [r["seed"] for r in kept["reseeds"]] == [7, 3]
+    alone = evaluate_best(tmp_path / "exp2", [leader], "synthetic-tiny", tiny.test)
+    assert alone is not None and alone["seed"] == 3 and alone["reseeds"] == []
+
+
+def test_a_trial_config_may_carry_its_own_seed(tiny, monkeypatch):
+    monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(trainable, "trial_device", lambda: "cpu")
+    monkeypatch.setattr("ray.util.get_node_ip_address", lambda: "127.0.0.1")
+
+    def valid_nlls(config: dict, seed: int) -> list[float]:
+        reports: list[dict] = []
+        monkeypatch.setattr(trainable.tune, "report", lambda metrics, checkpoint=None: reports.append(dict(metrics)))
+        train_made(config, tiny.train, tiny.valid, TrialSettings(max_epochs=2, patience=30, seed=seed, checkpoint_every=1))
+        return [report["valid_nll"] for report in reports]
+
+    own_seed = valid_nlls({**CONFIG, schema.TRIAL_SEED_KEY: 5}, seed=0)
+    assert own_seed == valid_nlls(CONFIG, seed=5) and own_seed != valid_nlls(CONFIG, seed=0)

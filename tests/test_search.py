@@ -270,6 +270,8 @@ def test_truncated_newest_checkpoint_of_a_killed_trial_falls_back_to_the_one_bef
         (["--dataset", "dna", "--report-seconds", "-1"], "--report-seconds must be >= 0"),
         (["--dataset", "dna", "--finalists", "0"], "--finalists must be a positive integer"),
         (["--dataset", "dna", "--warm-start-count", "0"], "--warm-start-count must be a positive integer"),
+        (["--dataset", "dna", "--reseeds", "-1"], "--reseeds must be >= 0"),
+        (["--dataset", "dna", "--reseed-share", "1"], "--reseed-share must be in [0, 1)"),
     ],
 )
 def test_bad_input_exits_2_before_any_work(tmp_path, capsys, argv, message):
@@ -382,6 +384,16 @@ def test_a_budget_without_a_trial_count_plans_an_open_ended_sweep(tmp_path):
     assert counted.num_samples == DEFAULT_NUM_SAMPLES and counted.time_budget_seconds is None
 
 
+def test_retraining_with_other_seeds_keeps_its_share_of_the_budget(tmp_path):
+    common = ["--dataset", "synthetic-tiny", "--storage", str(tmp_path / "runs"), "--time-budget", "100s"]
+    plan, _ = make_plan(parse_args([*common, "--reseeds", "2", "--reseed-share", "0.2"]))
+    assert plan.reseeds == 2 and plan.search_budget_seconds == pytest.approx(80.0)
+    plain, _ = make_plan(parse_args([*common, "--reseed-share", "0.2"]))
+    assert plain.reseeds == 0 and plain.search_budget_seconds == 100.0  # nothing to keep it for
+    unbudgeted, _ = make_plan(parse_args(["--dataset", "synthetic-tiny", "--storage", str(tmp_path / "runs"), "--reseeds", "2"]))
+    assert unbudgeted.search_budget_seconds is None
+
+
 @pytest.mark.slow
 def test_budget_driven_sweep_runs_trials_until_the_budget_is_spent(tmp_path, ray_env):
     started = time.monotonic()
@@ -401,3 +413,38 @@ def test_budget_driven_sweep_runs_trials_until_the_budget_is_spent(tmp_path, ray
     assert (experiment / schema.BEST_FILE).exists()
     assert "trials until the 40s budget is spent" in output
     assert elapsed < 40 + 90, f"the sweep did not stop at its budget ({elapsed:.0f} s)"
+
+
+@pytest.mark.slow
+def test_the_leading_configuration_is_retrained_with_other_seeds_and_the_best_on_validation_delivered(tmp_path, ray_env):
+    process = start_sweep(tmp_path, ray_env, "--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "3",
+                          "--max-epochs", "4", "--grace-period", "4", "--name", "reseeded", "--seed", "4",
+                          "--reseeds", "2", "--no-tables")  # fmt: skip
+    output = finish(process)
+    assert process.returncode == 0, output
+    experiment = tmp_path / "runs" / "reseeded"
+    best = json.loads((experiment / schema.BEST_FILE).read_text())
+    leader = best["finalists"][0]
+    assert [r["seed"] for r in best["reseeds"]] == [4, 5, 6] and best["reseeds"][0]["trial_id"] == leader["trial_id"]
+    chosen = min(best["reseeds"], key=lambda r: r["valid_nll"])
+    assert (best["trial_id"], best["seed"], best["valid_nll"]) == (chosen["trial_id"], chosen["seed"], chosen["valid_nll"])
+    assert schema.TRIAL_SEED_KEY not in best["config"]
+    retrained = read_ray_trials(experiment / schema.RESEEDS_FOLDER)
+    trials = pd.read_csv(experiment / schema.TRIALS_FILE)
+    assert len(trials) == 3 and sorted(r.config[schema.TRIAL_SEED_KEY] for r in retrained) == [5, 6]
+    leading = trials.set_index("trial_id").loc[leader["trial_id"]]
+    for record in retrained:  # the leader's configuration, trained to the end
+        assert {k: v for k, v in record.config.items() if k != schema.TRIAL_SEED_KEY} == {
+            k: leading[k] for k in best["config"]
+        } and record.last_result["epoch"] == 4
+    assert "retrained with other seeds" in output and f"chose seed {best['seed']}" in output
+
+    # Resumed, the retraining continues from its own Ray state: no trial runs twice.
+    resumed = start_sweep(tmp_path, ray_env, "--dataset", "synthetic-tiny", "--resume", "--name", "reseeded",
+                          "--reseeds", "2", "--no-tables")  # fmt: skip
+    output = finish(resumed)
+    assert resumed.returncode == 0, output
+    again_retrained = read_ray_trials(experiment / schema.RESEEDS_FOLDER)
+    assert sorted(r.trial_id for r in again_retrained) == sorted(r.trial_id for r in retrained)
+    again = json.loads((experiment / schema.BEST_FILE).read_text())
+    assert (again["trial_id"], again["seed"], again["test_nll"]) == (best["trial_id"], best["seed"], best["test_nll"])
