@@ -86,6 +86,7 @@ class BaselineResult:
     test_masks: int
     epochs: int
     seconds: float
+    valid_nll: float = math.nan  # with the test ensemble chosen on validation
 
 
 def run_baseline(family: str, data: Any, max_epochs: int, time_limit: float, seed: int) -> BaselineResult:
@@ -112,7 +113,8 @@ def run_config(label: str, overrides: dict[str, Any], data: Any, max_epochs: int
     trainer.restore_best()
     ensemble = choose_test_masks(trainer.model, data.valid)
     test = evaluate_nll(trainer.model, data.test, ensemble.masks)
-    return BaselineResult(label, test.mean, test.stderr, ensemble.masks, epochs, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return BaselineResult(label, test.mean, test.stderr, ensemble.masks, epochs, seconds, ensemble.valid.mean)
 
 
 # -- one sweep, read back ---------------------------------------------------------------------

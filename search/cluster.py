@@ -19,6 +19,19 @@ def count_alive_nodes() -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
+def trial_slots(cpus_per_trial: float, gpus_per_trial: float, concurrency: int | None) -> int:
+    """How many trials the connected cluster runs at once (at least 1; call after ``ray.init``)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    slots = int(resources.get("CPU", 0) // cpus_per_trial)
+    if gpus_per_trial > 0:
+        slots = min(slots, int(resources.get("GPU", 0) // gpus_per_trial))
+    if concurrency is not None:
+        slots = min(slots, concurrency)
+    return max(1, slots)
+
+
 def check_storage_for_cluster(storage: str, storage_is_shared: bool, num_nodes: int) -> None:
     """Refuse a local --storage on a multi-node cluster unless declared shared.
 

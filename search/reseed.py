@@ -8,6 +8,11 @@ luck. After the search, the leading finalist's configuration is trained again wi
 checkpoints, retries) but are never stopped by ASHA, within what is left of the time budget.
 The delivered model is then the leader or one of its retrainings, whichever has the lowest
 validation NLL with its test ensemble (``search.experiment.evaluate_best``).
+
+Unasked (``--reseeds`` unset), it only spends budget the search left: a sweep whose trial count
+ran out before its time budget retrains the leader once per trial slot (at most
+``AUTO_RESEEDS_MAX``) when the time left holds the leader's own training. Asked for
+(``--reseeds N``), it keeps ``--reseed-share`` of a time budget for itself.
 """
 
 from __future__ import annotations
@@ -34,6 +39,20 @@ logger = logging.getLogger("search")
 
 # Below this many seconds of budget left, retraining would only start trials the budget ends at once.
 MIN_RESEED_SECONDS = 5.0
+# Unasked, at most this many retrainings: one wave on a small machine; the best of many seeds
+# on one validation set would start to fit that set.
+AUTO_RESEEDS_MAX = 4
+
+
+def reseed_count(requested: int | None, seconds_left: float | None, leader_seconds: float, slots: int) -> int:
+    """How many retrainings to run: ``requested`` when given (``--reseeds``); unset, one per trial
+    slot (at most AUTO_RESEEDS_MAX) if the time budget left (``seconds_left``; None: no budget,
+    so none unasked) holds the leader's training time, else none."""
+    if requested is not None:
+        return requested
+    if seconds_left is None or not seconds_left >= max(leader_seconds, MIN_RESEED_SECONDS):
+        return 0
+    return min(slots, AUTO_RESEEDS_MAX)
 
 
 def reseed_seeds(seed: int, count: int) -> list[int]:
@@ -45,11 +64,12 @@ def retrain_leader(
     plan: SweepPlan,
     trainable: Any,
     leader: Finalist,
+    count: int,
     folder: ExperimentFolder,
     valid_data: np.ndarray,
     time_budget_seconds: float | None,
 ) -> list[Finalist]:
-    """Train ``leader``'s configuration with ``plan.reseeds`` other seeds (continuing an interrupted
+    """Train ``leader``'s configuration with ``count`` other seeds (continuing an interrupted
     retraining in ``folder``'s RESEEDS_FOLDER if there is one) and evaluate each like a finalist.
 
     ``folder``: the sweep's experiment folder; ``time_budget_seconds``: what is left of
@@ -58,7 +78,7 @@ def retrain_leader(
     if time_budget_seconds is not None and time_budget_seconds < MIN_RESEED_SECONDS:
         logger.info("no time budget left to retrain the leading configuration with other seeds (%.0f s)", time_budget_seconds)
         return []
-    seeds = reseed_seeds(plan.seed, plan.reseeds)
+    seeds = reseed_seeds(plan.seed, count)
     reseeds_location = folder.remote(schema.RESEEDS_FOLDER)
     progress = ProgressPrinter(len(seeds))
     if tune.Tuner.can_restore(reseeds_location):
@@ -76,7 +96,7 @@ def retrain_leader(
     with quiet_about_trials_that_reported_nothing():
         tuner.fit()
     retrained = []
-    for record in finalist_trials(read_ray_trials(reseeds_location), plan.reseeds):
+    for record in finalist_trials(read_ray_trials(reseeds_location), count):
         candidate = evaluate_finalist(record, valid_data, plan.test_masks, plan.seed)
         if candidate.hyperparameters != leader.hyperparameters:
             logger.warning(

@@ -184,9 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--reseeds",
         type=int,
-        default=0,
+        default=None,
         help="after the search, train the leading finalist's configuration again with this many other seeds "
-        "(seed+1, ...); the one of them and the leader with the lowest validation NLL is tested (0: none)",
+        "(seed+1, ...); the one of them and the leader with the lowest validation NLL is tested (unset: only "
+        "when the trial count ends the search before --time-budget and the time left holds the leader's "
+        "training, once per trial slot, at most 4; 0: never)",
     )
     add(
         "--reseed-share",
@@ -359,7 +361,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     _require(args.checkpoint_seconds > 0, f"--checkpoint-seconds must be positive, got {args.checkpoint_seconds}")
     _require(args.report_seconds >= 0, f"--report-seconds must be >= 0, got {args.report_seconds}")
     _require(args.max_failures >= 0, f"--max-failures must be >= 0, got {args.max_failures}")
-    _require(args.reseeds >= 0, f"--reseeds must be >= 0, got {args.reseeds}")
+    _require(args.reseeds is None or args.reseeds >= 0, f"--reseeds must be >= 0, got {args.reseeds}")
     _require(0 <= args.reseed_share < 1, f"--reseed-share must be in [0, 1), got {args.reseed_share}")
     _require(args.test_masks is None or args.test_masks >= 1, f"--test-masks must be >= 1, got {args.test_masks}")
     _require(args.valid_masks is None or args.valid_masks >= 1, f"--valid-masks must be >= 1, got {args.valid_masks}")
@@ -660,7 +662,9 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     from made_core.ensembles import describe_test_mask_choice
     from results.storage import STUDY_UPLOAD_SECONDS, PeriodicUpload, remove_stale_staging
     from search.api import NoResultError, SweepResult
+    from search.cluster import trial_slots
     from search.experiment import (
+        RAY_TIME_TOTAL,
         evaluate_best,
         quiet_about_trials_that_reported_nothing,
         read_ray_trials,
@@ -670,7 +674,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         write_trial_files,
     )
     from search.provenance import provenance
-    from search.reseed import retrain_leader
+    from search.reseed import reseed_count, retrain_leader
     from search.tuner import ProgressPrinter, make_trainable, make_tuner, restore_tuner
 
     started = time.time()
@@ -735,13 +739,16 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     completed = sum(1 for r in records if r.status == "TERMINATED")
     ranked = reselect(records, data.valid, plan.test_masks, plan.finalists, plan.seed)
     reseeded = []
-    if ranked and plan.reseeds > 0 and status == "finished":
-        left = None
-        if plan.time_budget_seconds is not None:
-            left = plan.time_budget_seconds - float(previous.get("fit_seconds", 0.0)) - (time.time() - fit_started)
+    left = None
+    if plan.time_budget_seconds is not None:
+        left = plan.time_budget_seconds - float(previous.get("fit_seconds", 0.0)) - (time.time() - fit_started)
+    leader_seconds = float(ranked[0].record.last_result.get(RAY_TIME_TOTAL, 0.0)) if ranked else 0.0
+    slots = trial_slots(plan.cpus_per_trial, plan.gpus_per_trial, plan.concurrency)
+    reseeds = reseed_count(plan.reseeds, left, leader_seconds, slots)
+    if ranked and reseeds > 0 and status == "finished":
         reseed_started = time.time()
         try:
-            reseeded = retrain_leader(plan, trainable, ranked[0], folder, data.valid, left)
+            reseeded = retrain_leader(plan, trainable, ranked[0], reseeds, folder, data.valid, left)
         except KeyboardInterrupt:
             status = "interrupted"
             logger.warning("interrupted while retraining with other seeds; continue with --resume")

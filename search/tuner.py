@@ -61,8 +61,8 @@ class SweepPlan:
     finalists: int  # top trials re-evaluated with their test-time ensembles before the test
     warm_start: tuple[dict[str, Any], ...]  # start points from earlier sweeps, after the space's own
     objective: str = "test-ensemble"  # results.schema.OBJECTIVES
-    reseeds: int = 0  # retrainings of the leading configuration with other seeds after the search (search.reseed)
-    reseed_share: float = 0.0  # of the time budget, kept for the retrainings (when reseeds > 0)
+    reseeds: int | None = 0  # retrainings of the leading configuration with other seeds (None: search.reseed's rule)
+    reseed_share: float = 0.0  # of the time budget, kept for the retrainings when reseeds > 0
     precision: str = DEFAULT_PRECISION  # training steps of GPU trials (made_core.precision)
     tracking: str | None = None  # "mlflow" | "wandb": Ray Tune's logger callback for it
     verbose: bool = False  # Ray Tune's own trial table
@@ -74,7 +74,7 @@ class SweepPlan:
     @property
     def search_budget_seconds(self) -> float | None:
         """The search's share of the time budget: all of it, less ``reseed_share`` when it retrains."""
-        if self.time_budget_seconds is None or self.reseeds == 0:
+        if self.time_budget_seconds is None or not self.reseeds:
             return self.time_budget_seconds
         return self.time_budget_seconds * (1.0 - self.reseed_share)
 

@@ -52,6 +52,7 @@ def test_sweep_writes_results_and_study(tmp_path, ray_env):
     assert math.isfinite(best["test_nll"]) and best["test_nll_stderr"] > 0
     assert best["true_test_nll"] < best["test_nll"] + 3 * best["test_nll_stderr"]
     assert (Path(best["checkpoint_path"]) / "model.pt").exists()
+    assert best["seed"] == 3 and best["reseeds"] == [] and not (experiment / schema.RESEEDS_FOLDER).exists()  # no budget
     info = json.loads((experiment / schema.EXPERIMENT_FILE).read_text())
     assert info["status"] == "finished" and info["num_trials"] == 4 and info["wall_seconds"] > 0
     # ISO 8601 UTC strings of one format compare in time order.
@@ -388,10 +389,23 @@ def test_retraining_with_other_seeds_keeps_its_share_of_the_budget(tmp_path):
     common = ["--dataset", "synthetic-tiny", "--storage", str(tmp_path / "runs"), "--time-budget", "100s"]
     plan, _ = make_plan(parse_args([*common, "--reseeds", "2", "--reseed-share", "0.2"]))
     assert plan.reseeds == 2 and plan.search_budget_seconds == pytest.approx(80.0)
-    plain, _ = make_plan(parse_args([*common, "--reseed-share", "0.2"]))
-    assert plain.reseeds == 0 and plain.search_budget_seconds == 100.0  # nothing to keep it for
+    unasked, _ = make_plan(parse_args([*common, "--reseed-share", "0.2"]))
+    assert unasked.reseeds is None and unasked.search_budget_seconds == 100.0  # only what the search leaves
+    never, _ = make_plan(parse_args([*common, "--reseeds", "0", "--reseed-share", "0.2"]))
+    assert never.search_budget_seconds == 100.0
     unbudgeted, _ = make_plan(parse_args(["--dataset", "synthetic-tiny", "--storage", str(tmp_path / "runs"), "--reseeds", "2"]))
     assert unbudgeted.search_budget_seconds is None
+
+
+def test_unasked_retraining_only_spends_budget_the_search_left():
+    from search.reseed import AUTO_RESEEDS_MAX, reseed_count
+
+    assert reseed_count(3, None, 50.0, 2) == 3 and reseed_count(0, 900.0, 50.0, 2) == 0  # asked: as asked
+    assert reseed_count(None, 900.0, 50.0, 2) == 2  # one per slot when the time left holds the leader's training
+    assert reseed_count(None, 900.0, 50.0, 64) == AUTO_RESEEDS_MAX
+    assert reseed_count(None, 40.0, 50.0, 2) == 0  # the leader took longer than what is left
+    assert reseed_count(None, None, 50.0, 2) == 0  # no budget: the run's length stays the trial count's
+    assert reseed_count(None, 3.0, 1.0, 2) == 0 and reseed_count(None, -5.0, 1.0, 2) == 0
 
 
 @pytest.mark.slow
@@ -417,9 +431,10 @@ def test_budget_driven_sweep_runs_trials_until_the_budget_is_spent(tmp_path, ray
 
 @pytest.mark.slow
 def test_the_leading_configuration_is_retrained_with_other_seeds_and_the_best_on_validation_delivered(tmp_path, ray_env):
+    # Unasked: the trial count ends the search long before the budget, so each of the 2 slots retrains it once.
     process = start_sweep(tmp_path, ray_env, "--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "3",
                           "--max-epochs", "4", "--grace-period", "4", "--name", "reseeded", "--seed", "4",
-                          "--reseeds", "2", "--no-tables")  # fmt: skip
+                          "--time-budget", "5m", "--no-tables")  # fmt: skip
     output = finish(process)
     assert process.returncode == 0, output
     experiment = tmp_path / "runs" / "reseeded"

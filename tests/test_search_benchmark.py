@@ -366,6 +366,13 @@ def test_a_budget_driven_sweep_is_guided_once_its_start_points_are_done(tmp_path
 
 
 # -- the ablation benchmark ---------------------------------------------------------------------
+def test_the_seed_chosen_on_validation_is_the_lowest_validation_nll():
+    from benchmarks.ablation import chosen_on_validation
+
+    runs = [BaselineResult("base", test, 0.1, 8, 30, 3.0, valid) for test, valid in ((10.0, 9.5), (10.2, 9.4), (9.8, 9.6))]
+    assert chosen_on_validation(runs) == (1, runs[1])  # by validation, never by test
+
+
 def test_ablation_assignments_are_checked_by_the_vocabulary():
     from benchmarks.ablation import parse_assignments
 
@@ -390,6 +397,10 @@ def test_ablation_runs_both_configurations_per_seed_and_writes_its_table(tmp_pat
     assert text.startswith("# Ablation: activation=tanh on hidden_units=16, num_masks=2")
     row = next(line for line in text.splitlines() if line.startswith("| synthetic-tiny |"))
     assert "/2 |" in row and run.stdout.count("synthetic-tiny seed") == 4
+    chosen = [
+        line for line in text.split("## Choosing among the seeds on validation")[1].splitlines() if "synthetic-tiny" in line
+    ]
+    assert [line.split(" | ")[1] for line in chosen] == ["base", "changed"]
     refused = subprocess.run([sys.executable, "-m", "benchmarks.ablation", "--change", "activation=sigmoid"], cwd=ROOT,
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "activation must be one of" in refused.stderr
