@@ -84,7 +84,9 @@ def retrain_leader(
     if tune.Tuner.can_restore(reseeds_location):
         tuner = restore_tuner(reseeds_location, trainable)
     else:
-        tuner = make_reseed_tuner(plan, trainable, leader.hyperparameters, seeds, folder.location, time_budget_seconds, progress)
+        tuner = make_reseed_tuner(
+            plan, trainable, leader.hyperparameters, seeds, folder.location, time_budget_seconds, progress, folder.local_path
+        )
     budget = "" if time_budget_seconds is None else f", within the {time_budget_seconds:.0f} s left of the budget"
     logger.info(
         "retraining trial %s's configuration with seed%s %s%s",

@@ -308,10 +308,11 @@ def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback, experim
 
 def make_reseed_tuner(
     plan: SweepPlan, trainable: Any, config: Mapping[str, Any], seeds: Sequence[int], location: str,
-    time_budget_seconds: float | None, progress: tune.Callback,
+    time_budget_seconds: float | None, progress: tune.Callback, experiment_path: Path,
 ) -> tune.Tuner:  # fmt: skip
     """``config`` trained once per seed (``TRIAL_SEED_KEY``), to the end (no scheduler), as the
-    Ray Tune experiment ``RESEEDS_FOLDER`` inside the sweep's folder ``location``."""
+    Ray Tune experiment ``RESEEDS_FOLDER`` inside the sweep's folder ``location`` (local:
+    ``experiment_path``); tracked like the sweep's trials."""
     tune_config = tune.TuneConfig(
         metric=OBJECTIVE,
         mode="min",
@@ -321,7 +322,7 @@ def make_reseed_tuner(
         reuse_actors=True,
     )
     param_space = {**config, TRIAL_SEED_KEY: tune.grid_search(list(seeds))}
-    run_config = make_run_config(plan, RESEEDS_FOLDER, location, [progress])
+    run_config = make_run_config(plan, RESEEDS_FOLDER, location, [progress, *tracking_callbacks(plan, experiment_path)])
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 

@@ -18,7 +18,9 @@ def test_mlflow_tracking_with_config_file_and_verbose_output(tmp_path, ray_env, 
     config = tmp_path / "sweep.yaml"
     config.write_text(f"num-samples: 3\nseed: 5\nstorage: {tmp_path / 'runs'}\ntracking: mlflow\n")
     env = {key: value for key, value in ray_env.items() if key != "MLFLOW_TRACKING_URI"}
-    process = start_driver(["--config", str(config), "-v", *TINY, "--num-samples", "2", "--name", "tracked"], env)
+    process = start_driver(
+        ["--config", str(config), "-v", *TINY, "--num-samples", "2", "--name", "tracked", "--reseeds", "1"], env
+    )
     output = finish(process, timeout=600)
     assert process.returncode == 0, output
     assert "Trial status:" in output, output  # -v: Ray Tune's own trial table
@@ -31,8 +33,9 @@ def test_mlflow_tracking_with_config_file_and_verbose_output(tmp_path, ray_env, 
 
     client = MlflowClient(tracking_uri=(experiment / "mlruns").resolve().as_uri())
     runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
-    assert len(runs) == 2
+    assert len(runs) == 3  # the two trials, and the leader retrained with another seed
     assert all("best_valid_nll" in run.data.metrics and run.data.params for run in runs)
+    assert [run.data.params.get(schema.TRIAL_SEED_KEY) for run in runs].count("6") == 1
 
 
 @pytest.mark.slow
