@@ -28,6 +28,7 @@ from results import schema
 from results.storage import ExperimentFolder
 from search.experiment import (
     Finalist,
+    TrialRecord,
     evaluate_finalist,
     finalist_trials,
     quiet_about_trials_that_reported_nothing,
@@ -68,16 +69,17 @@ def retrain_leader(
     folder: ExperimentFolder,
     valid_data: np.ndarray,
     time_budget_seconds: float | None,
-) -> list[Finalist]:
+) -> tuple[list[TrialRecord], list[Finalist]]:
     """Train ``leader``'s configuration with ``count`` other seeds (continuing an interrupted
-    retraining in ``folder``'s RESEEDS_FOLDER if there is one) and evaluate each like a finalist.
+    retraining in ``folder``'s RESEEDS_FOLDER if there is one); returns the retrained trials
+    (for trials.csv) and those of them with a model, each evaluated like a finalist.
 
     ``folder``: the sweep's experiment folder; ``time_budget_seconds``: what is left of
     the sweep's budget (None: no limit). A retraining of another configuration found there (the
     sweep resumed with other settings) is left out with a warning."""
     if time_budget_seconds is not None and time_budget_seconds < MIN_RESEED_SECONDS:
         logger.info("no time budget left to retrain the leading configuration with other seeds (%.0f s)", time_budget_seconds)
-        return []
+        return [], []
     seeds = reseed_seeds(plan.seed, count)
     reseeds_location = folder.remote(schema.RESEEDS_FOLDER)
     progress = ProgressPrinter(len(seeds))
@@ -97,8 +99,9 @@ def retrain_leader(
     )
     with quiet_about_trials_that_reported_nothing():
         tuner.fit()
+    records = read_ray_trials(reseeds_location)
     retrained = []
-    for record in finalist_trials(read_ray_trials(reseeds_location), count):
+    for record in finalist_trials(records, count):
         candidate = evaluate_finalist(record, valid_data, plan.test_masks, plan.seed)
         if candidate.hyperparameters != leader.hyperparameters:
             logger.warning(
@@ -110,4 +113,4 @@ def retrain_leader(
         retrained.append(candidate)
     valid = ", ".join(f"seed {f.seed} {f.valid_nll:.3f}" for f in [leader, *retrained] if math.isfinite(f.valid_nll))
     logger.info("validation NLL with the test ensemble, by seed: %s", valid)
-    return retrained
+    return records, retrained

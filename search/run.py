@@ -665,6 +665,8 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     from search.cluster import trial_slots
     from search.experiment import (
         RAY_TIME_TOTAL,
+        Finalist,
+        TrialRecord,
         evaluate_best,
         quiet_about_trials_that_reported_nothing,
         read_ray_trials,
@@ -738,7 +740,8 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     write_trial_files(experiment_path, records)
     completed = sum(1 for r in records if r.status == "TERMINATED")
     ranked = reselect(records, data.valid, plan.test_masks, plan.finalists, plan.seed)
-    reseeded = []
+    retrained: list[TrialRecord] = []  # the retrainings with other seeds
+    reseeded: list[Finalist] = []  # those of them with a model, evaluated like finalists
     left = None
     if plan.time_budget_seconds is not None:
         left = plan.time_budget_seconds - float(previous.get("fit_seconds", 0.0)) - (time.time() - fit_started)
@@ -748,10 +751,13 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     if ranked and reseeds > 0 and status == "finished":
         reseed_started = time.time()
         try:
-            reseeded = retrain_leader(plan, trainable, ranked[0], reseeds, folder, data.valid, left)
+            retrained, reseeded = retrain_leader(plan, trainable, ranked[0], reseeds, folder, data.valid, left)
         except KeyboardInterrupt:
             status = "interrupted"
             logger.warning("interrupted while retraining with other seeds; continue with --resume")
+        else:
+            # trials.csv lists every trial the experiment ran: the retrainings too, after the search's.
+            write_trial_files(experiment_path, [*records, *retrained])
         fit_seconds += time.time() - reseed_started
     info = experiment_info(plan, previous, status, started, data, run, len(records), fit_seconds)
     extra: schema.BestOptional = {"true_test_nll": data.true_test_nll} if data.true_test_nll is not None else {}
@@ -827,7 +833,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         test_masks=int(masks),
         trial_id=str(best["trial_id"]),
         seed=int(best.get("seed", plan.seed)),
-        trials=trials_table(records),
+        trials=trials_table([*records, *retrained]),  # trials.csv
         tables_dir=tables_dir,
     )
 

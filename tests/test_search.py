@@ -20,6 +20,7 @@ import pytest
 from driver_processes import finish, kill_after_finished, kill_group, start_driver
 
 from results import schema
+from results.experiments import read_experiment
 from search.experiment import read_ray_trials
 from search.run import DEFAULT_NUM_SAMPLES, UsageError, main, make_plan, parse_args, parse_duration, trial_count
 from spaces import HYPERPARAMETERS
@@ -445,8 +446,12 @@ def test_the_leading_configuration_is_retrained_with_other_seeds_and_the_best_on
     assert (best["trial_id"], best["seed"], best["valid_nll"]) == (chosen["trial_id"], chosen["seed"], chosen["valid_nll"])
     assert schema.TRIAL_SEED_KEY not in best["config"]
     retrained = read_ray_trials(experiment / schema.RESEEDS_FOLDER)
+    assert sorted(r.config[schema.TRIAL_SEED_KEY] for r in retrained) == [5, 6]
+    # trials.csv lists the search's 3 trials, then the 2 retrainings with their seeds.
     trials = pd.read_csv(experiment / schema.TRIALS_FILE)
-    assert len(trials) == 3 and sorted(r.config[schema.TRIAL_SEED_KEY] for r in retrained) == [5, 6]
+    assert list(trials["trial_number"]) == [1, 2, 3, 4, 5] and trials[schema.TRIAL_SEED_KEY].isna().sum() == 3
+    assert sorted(trials[schema.TRIAL_SEED_KEY].dropna()) == [5, 6] and best["trial_id"] in set(trials["trial_id"])
+    assert read_experiment(experiment).problems == []  # the aggregated tables find the delivered trial
     leading = trials.set_index("trial_id").loc[leader["trial_id"]]
     for record in retrained:  # the leader's configuration, trained to the end
         assert {k: v for k, v in record.config.items() if k != schema.TRIAL_SEED_KEY} == {
