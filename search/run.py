@@ -20,6 +20,7 @@ import shlex
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -852,6 +853,8 @@ def execute(args: argparse.Namespace, command: str) -> Any:
 
     import ray
 
+    from search.cluster import trial_slots
+
     # --resume loses what Ray's last experiment snapshot lacks: trials that started and finished
     # after it. Ray snapshots every 10 s or more unless trial checkpoints force it, and
     # checkpoints by time force few; a snapshot took 10-40 ms in a 60-trial dna sweep.
@@ -870,6 +873,9 @@ def execute(args: argparse.Namespace, command: str) -> Any:
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
     try:
         check_cluster(plan, args.shared_storage)
+        if own_ray and args.address is None:
+            # A Ray started here has the trial slots it will ever have (a cluster may still grow).
+            plan = replace(plan, local_slots=trial_slots(plan.cpus_per_trial, plan.gpus_per_trial, plan.concurrency))
         return run_sweep(plan, previous, data, args, command)
     finally:
         if own_ray:

@@ -65,6 +65,7 @@ class SweepPlan:
     reseed_share: float = 0.0  # of the time budget, kept for the retrainings when reseeds > 0
     precision: str = DEFAULT_PRECISION  # training steps of GPU trials (made_core.precision)
     tracking: str | None = None  # "mlflow" | "wandb": Ray Tune's logger callback for it
+    local_slots: int | None = None  # trials at once on a Ray the driver started (None: a cluster it joined)
     verbose: bool = False  # Ray Tune's own trial table
 
     @property
@@ -295,7 +296,7 @@ def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback, experim
         search_alg=make_searcher(plan),
         scheduler=scheduler,
         num_samples=-1 if plan.num_samples is None else plan.num_samples,  # -1: until time_budget_s ends the sweep
-        max_concurrent_trials=plan.concurrency,
+        max_concurrent_trials=search_concurrency(plan),
         time_budget_s=plan.search_budget_seconds,
         trial_dirname_creator=trial_dirname,
         # A finished trial's worker process runs the next trial: no process start, imports or
@@ -304,6 +305,19 @@ def make_tuner(plan: SweepPlan, trainable: Any, progress: tune.Callback, experim
     )
     run_config = make_run_config(plan, plan.name, plan.storage, [progress, *tracking_callbacks(plan, experiment_path)])
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def search_concurrency(plan: SweepPlan) -> int | None:
+    """Ray Tune's max_concurrent_trials for the search: --concurrency if given; else, on a Ray the
+    driver started, its slots plus one trial waiting for the next free slot.
+
+    Behind a searcher of its own, Ray Tune keeps one trial pending unless it knows the
+    concurrency (tune_controller._get_max_pending_trials): the successor of a finished trial is
+    ready, but the slots' first trials start one after the other (4 and 8 s into a 2-slot
+    sweep). Slots + 1 live trials start them together and keep one waiting."""
+    if plan.concurrency is not None or plan.local_slots is None:
+        return plan.concurrency
+    return plan.local_slots + 1
 
 
 def make_reseed_tuner(

@@ -167,6 +167,17 @@ def test_random_sampler_is_the_baseline_search(tmp_path):
     assert isinstance(make_sampler(random), optuna.samplers.RandomSampler)
 
 
+def test_a_local_ray_starts_a_trial_per_slot_at_once_and_keeps_one_waiting(tmp_path):
+    from dataclasses import replace
+
+    from search.tuner import search_concurrency
+
+    plan, _ = make_plan(parse_args(["--dataset", "synthetic-tiny", "--storage", str(tmp_path / "runs")]))
+    assert plan.local_slots is None and search_concurrency(plan) is None  # a joined cluster: Ray's own rule
+    assert search_concurrency(replace(plan, local_slots=2)) == 3
+    assert search_concurrency(replace(plan, local_slots=2, concurrency=1)) == 1  # --concurrency rules
+
+
 def test_an_own_npz_file_is_a_dataset_named_by_its_stem(tmp_path, capsys):
     rows = (np.random.default_rng(1).random((30, 6)) < 0.5).astype(np.float32)
     path = tmp_path / "coins.npz"
