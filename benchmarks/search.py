@@ -603,6 +603,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="RUN",
         help="run nothing: rewrite the report from a finished run's folder (<work>/<timestamp>: rows.json, header.json)",
     )
+    parser.add_argument(
+        "--combine",
+        default=None,
+        metavar="RUN,RUN,...",
+        help="run nothing: compare guided and random search over finished runs at different --seed "
+        "(their <work>/<timestamp> folders); writes search_benchmark_seeds.md",
+    )
     args = parser.parse_args(argv)
     args.samplers = [s for s in args.samplers.split(",") if s]
     args.baselines = [b for b in args.baselines.split(",") if b]
@@ -635,7 +642,7 @@ def write_report(rows: list[DatasetRow], args: argparse.Namespace, suite: Suite,
     elapsed = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {(time.time() - started) / 60:.0f} min in all"
     text = write_outputs(rows, args.suite, suite, {**run, "finished": elapsed}, Path(args.output))
     atomic_write_text(work / "rows.json", json.dumps([asdict(r) for r in rows], default=str, indent=1))
-    saved = {"header": {**run, "finished": elapsed}, "suite_name": args.suite, "suite": asdict(suite)}
+    saved = {"header": {**run, "finished": elapsed}, "suite_name": args.suite, "suite": asdict(suite), "seed": args.seed}
     atomic_write_text(work / "header.json", json.dumps(saved, indent=1))
     return text
 
@@ -661,12 +668,11 @@ def render_saved_run(work: Path, args: argparse.Namespace) -> str:
     from made_core.registry import DATASETS
     from search.tuner import default_grace_period
 
-    rows = [row_from_json(record) for record in json.loads((work / "rows.json").read_text())]
+    run = read_saved_run(work)
+    rows, suite = run.rows, run.suite
     for row in rows:
         if row.dataset in DATASETS and DATASETS[row.dataset].is_synthetic and not math.isfinite(row.known_structure_nll):
             row.known_structure_nll = known_structure(row.dataset, load_dataset(row.dataset, download=False, progress=False))
-    saved = json.loads((work / "header.json").read_text())
-    suite = Suite(**{**saved["suite"], "datasets": tuple(saved["suite"]["datasets"])})
     for row in rows:
         for sweep in row.sweeps.values():  # figures added since the run: read from its experiment folder
             folder = work / "experiments" / sweep.experiment
@@ -674,18 +680,118 @@ def render_saved_run(work: Path, args: argparse.Namespace) -> str:
                 grace = default_grace_period(suite.max_epochs)
                 again = read_sweep(folder, sweep.sampler, os.cpu_count() or 1, grace, suite.max_epochs)
                 sweep.median_trial_nll, sweep.full_length_share = again.median_trial_nll, again.full_length_share
-    return write_outputs(rows, saved["suite_name"], suite, saved["header"], Path(args.output))
+    return write_outputs(rows, run.suite_name, suite, run.header, Path(args.output))
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """A finished benchmark run read back from its work folder (rows.json, header.json)."""
+
+    folder: Path
+    seed: int
+    header: dict[str, str]
+    suite_name: str
+    suite: Suite
+    rows: list[DatasetRow]
+
+
+def saved_seed(saved: dict[str, Any]) -> int:
+    """The sweep seed of a saved run: header.json's ``seed``, or (runs saved before it was
+    recorded) the ``--seed`` of its command, 0 without one."""
+    if "seed" in saved:
+        return int(saved["seed"])
+    words = shlex.split(saved["header"].get("command", "").strip("`"))
+    return int(words[words.index("--seed") + 1]) if "--seed" in words[:-1] else 0
+
+
+def read_saved_run(folder: Path) -> SavedRun:
+    if not (folder / "rows.json").is_file() or not (folder / "header.json").is_file():
+        raise ValueError(f"{folder} holds no rows.json and header.json of a benchmark run")
+    saved = json.loads((folder / "header.json").read_text())
+    rows = [row_from_json(record) for record in json.loads((folder / "rows.json").read_text())]
+    suite = Suite(**{**saved["suite"], "datasets": tuple(saved["suite"]["datasets"])})
+    return SavedRun(folder, saved_seed(saved), saved["header"], saved["suite_name"], suite, rows)
+
+
+def render_seeds(runs: Sequence[SavedRun]) -> str:
+    """Guided against random search per dataset over runs at different sweep seeds: one seed's
+    best trial is partly luck, so a verdict that holds over seeds is the one to trust.
+
+    Per dataset, over the runs that swept it with both searches: each seed's test NLLs, the mean
+    of guided minus random and its standard error over seeds, and on how many seeds guided was lower.
+    """
+    datasets = list(dict.fromkeys(row.dataset for run in runs for row in run.rows))
+    lines = [
+        f"# Search benchmark over seeds: suite `{runs[0].suite_name}`, {runs[0].suite.budget_seconds / 60:g} min per sweep",
+        "",
+        *(
+            f"- seed {run.seed}: {run.header.get('command', '?')} at {run.header.get('commit', '?')}, "
+            f"finished {run.header.get('finished', '?')}"
+            for run in runs
+        ),  # fmt: skip
+        "",
+        "Test NLL in nats of each sweep's delivered model. *Guided - random*: the mean over seeds of the "
+        "difference, ± its standard error over seeds (negative: the guided search delivered better models).",
+        "",
+        "| dataset | seeds | guided (TPE), per seed | random, per seed | guided mean | random mean "
+        "| guided - random | guided lower |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lower_on_mean, seed_wins, seed_total = 0, 0, 0
+    for dataset in datasets:
+        pairs = [(run.seed, row.sweeps["tpe"].test_nll, row.sweeps["random"].test_nll)
+                 for run in runs for row in run.rows
+                 if row.dataset == dataset and "tpe" in row.sweeps and "random" in row.sweeps]  # fmt: skip
+        if not pairs:
+            continue
+        guided = np.array([g for _, g, _ in pairs])
+        random = np.array([r for _, _, r in pairs])
+        differences = guided - random
+        stderr = float(np.std(differences, ddof=1) / math.sqrt(len(pairs))) if len(pairs) > 1 else math.nan
+        wins = int(np.sum(differences < 0))
+        lower_on_mean += int(differences.mean() < 0)
+        seed_wins, seed_total = seed_wins + wins, seed_total + len(pairs)
+        lines.append(
+            f"| {dataset} | {', '.join(str(seed) for seed, _, _ in pairs)} | {' / '.join(f'{g:.2f}' for g in guided)} "
+            f"| {' / '.join(f'{r:.2f}' for r in random)} | {guided.mean():.2f} | {random.mean():.2f} "
+            f"| {_nll(float(differences.mean()), stderr)} | {wins}/{len(pairs)} |"
+        )
+    lines += ["", f"Guided lower on the mean over seeds on {lower_on_mean} of {len(datasets)} datasets; "
+              f"lower in {seed_wins} of {seed_total} (dataset, seed) pairs."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def combine_runs(folders: Sequence[str], output: Path) -> str:
+    """``--combine``: search_benchmark_seeds.md in ``output`` from finished runs at different seeds."""
+    from results.storage import atomic_write_text
+
+    runs = [read_saved_run(Path(folder)) for folder in folders]
+    if len({run.seed for run in runs}) < len(runs):
+        raise ValueError(f"runs share a seed ({', '.join(str(run.seed) for run in runs)}): combine runs at different seeds")
+    if len({(run.suite_name, run.suite.budget_seconds) for run in runs}) > 1:
+        raise ValueError("runs of different suites or budgets: combine runs of one suite at one budget")
+    text = render_seeds(sorted(runs, key=lambda run: run.seed))
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "search_benchmark_seeds.md", text)
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.render is not None:
-        run_folder = Path(args.render)
-        if not (run_folder / "rows.json").is_file() or not (run_folder / "header.json").is_file():
-            print(f"error: --render: {run_folder} holds no rows.json and header.json of a benchmark run", file=sys.stderr)
+    if args.combine is not None:
+        try:
+            print(combine_runs([folder for folder in args.combine.split(",") if folder], Path(args.output)))
+        except ValueError as error:
+            print(f"error: --combine: {error}", file=sys.stderr)
             return 2
-        print(render_saved_run(run_folder, args))
+        return 0
+    if args.render is not None:
+        try:
+            print(render_saved_run(Path(args.render), args))
+        except ValueError as error:
+            print(f"error: --render: {error}", file=sys.stderr)
+            return 2
         return 0
     suite = SUITES[args.suite]
     datasets = tuple(args.datasets.split(",")) if args.datasets else suite.datasets

@@ -24,6 +24,7 @@ from benchmarks.search import (
     DatasetRow,
     SweepFigures,
     best_so_far,
+    combine_runs,
     compute_to_reach,
     ran_its_course,
     render_markdown,
@@ -262,6 +263,38 @@ def test_report_has_the_checks_and_the_reach_fraction():
     row.sweeps["tpe"].median_trial_nll, row.sweeps["tpe"].full_length_share = 10.5, 0.25
     text = render_markdown([row], "smoke", SUITES["smoke"], {"command": "`x`"})
     assert "| synthetic-x | 10.50 | - | 0.25 | - |" in text  # the typical trial; random's figures unknown
+
+
+def _saved_run(folder, seed, results, command_seed=False):
+    """A run folder as write_report leaves it: dataset -> (guided test NLL, random test NLL)."""
+    rows = [DatasetRow(name, 20, 1000, "", math.nan, {},
+                       {"tpe": _sweep("tpe", guided, [(1.0, guided)]), "random": _sweep("random", random, [(1.0, random)])})
+            for name, (guided, random) in results.items()]  # fmt: skip
+    folder.mkdir(parents=True)
+    (folder / "rows.json").write_text(json.dumps([dataclasses.asdict(row) for row in rows], default=str))
+    header = {"command": f"`python -m benchmarks.search --seed {seed}`", "commit": "abc"}
+    saved = {"header": header, "suite_name": "smoke", "suite": dataclasses.asdict(SUITES["smoke"])}
+    (folder / "header.json").write_text(json.dumps(saved if command_seed else {**saved, "seed": seed}))
+    return str(folder)
+
+
+def test_combined_seeds_compare_guided_and_random_per_dataset(tmp_path):
+    runs = [
+        _saved_run(tmp_path / "a", 0, {"dna": (80.0, 81.0), "bn": (10.0, 9.0)}),
+        _saved_run(tmp_path / "b", 1, {"dna": (80.5, 81.5), "bn": (10.0, 9.5)}),
+        _saved_run(tmp_path / "c", 2, {"dna": (82.0, 81.0)}, command_seed=True),  # a run saved before seeds were
+    ]
+    text = combine_runs(runs, tmp_path / "out")
+    assert (tmp_path / "out" / "search_benchmark_seeds.md").read_text() == text
+    # dna: differences -1, -1, +1 -> mean -0.33, stderr 0.67 over seeds; guided lower on 2 of 3.
+    assert "| dna | 0, 1, 2 | 80.00 / 80.50 / 82.00 | 81.00 / 81.50 / 81.00 | 80.83 | 81.17 | -0.33 ± 0.67 | 2/3 |" in text
+    assert "| bn | 0, 1 | 10.00 / 10.00 | 9.00 / 9.50 | 10.00 | 9.25 | 0.75 ± 0.25 | 0/2 |" in text
+    assert "on 1 of 2 datasets; lower in 2 of 5 (dataset, seed) pairs" in text
+    with pytest.raises(ValueError, match="share a seed"):
+        combine_runs([runs[0], _saved_run(tmp_path / "d", 0, {"dna": (1.0, 2.0)})], tmp_path / "out")
+    refused = subprocess.run([sys.executable, "-m", "benchmarks.search", "--combine", f"{runs[0]},{tmp_path}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and "holds no rows.json" in refused.stderr and refused.stderr.count("\n") == 1
 
 
 def test_a_trial_ran_its_course_at_max_epochs_or_when_it_stopped_itself():
