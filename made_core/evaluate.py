@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from made_core.blocked import blocked_evaluation_pays, blocked_network
 from made_core.model import MADE, ensemble_log_prob
 
 
@@ -43,7 +44,8 @@ def mask_log_probs(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 
     """(K, N) log p_k(x) per mask k < ``n_masks`` and row (nats), in the model's dtype and device.
 
     Masks are the outer loop: each mask's masked weights are computed once and reused for
-    every batch, instead of once per (batch, mask).
+    every batch, instead of once per (batch, mask). Where it pays (``blocked_evaluation_pays``)
+    each mask's network skips the zero blocks of its masked weights (``made_core.blocked``).
     """
     was_training = model.training
     model.eval()
@@ -51,10 +53,16 @@ def mask_log_probs(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 
     rows = as_tensor(data, weight.device, weight.dtype)
     mask_indices = model.ensemble_indices(n_masks)
     per_mask = torch.empty(len(mask_indices), len(rows), device=weight.device, dtype=weight.dtype)
+    columns = rows.t().contiguous() if blocked_evaluation_pays(model, len(rows)) else None  # (D, N), once for all masks
     for row, mask_index in enumerate(mask_indices):
         weights = model.masked_weights(mask_index)
+        network = blocked_network(model, mask_index, weights) if columns is not None else None
         for start in range(0, len(rows), batch_size):
-            per_mask[row, start : start + batch_size] = model.log_prob_with(rows[start : start + batch_size], weights)
+            end = start + batch_size
+            if network is not None and columns is not None:
+                per_mask[row, start:end] = network.log_prob_of_columns(columns[:, start:end])
+            else:
+                per_mask[row, start:end] = model.log_prob_with(rows[start:end], weights)
     model.train(was_training)
     return per_mask
 

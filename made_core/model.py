@@ -41,6 +41,36 @@ def ensemble_log_prob(per_mask: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(per_mask, dim=0) - math.log(per_mask.shape[0])
 
 
+_SOFTPLUS_CHUNK = 16
+
+
+def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """sum over ``dim`` of log p(x_d | logit_d) = x_d l_d - softplus(l_d), for logits and 0/1 ``x``
+    of one shape: (B, D) -> (B,) with the default ``dim`` 1; (D, B) -> (B,) with ``dim`` 0.
+
+    Outside autograd, for float32 and float64, softplus(l) = max(l, 0) + log(1 + exp(-|l|)) takes
+    one log per 16 dimensions: the log of the product of their factors 1 + exp(-|l|), each in
+    (1, 2], so a product stays below 2^16 and within float rounding of the exact one (a fifth
+    faster than BCE-with-logits' log per dimension on 784 dimensions).
+    """
+    fast = logits.dtype in (torch.float32, torch.float64) and not (
+        torch.is_grad_enabled() and (logits.requires_grad or x.requires_grad)
+    )
+    if not fast:
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=dim)
+    dims = logits.shape[dim]
+    chunks = -(-dims // _SOFTPLUS_CHUNK)
+    padded = list(logits.shape)
+    padded[dim] = chunks * _SOFTPLUS_CHUNK
+    factors = logits.new_ones(padded)  # padding factors stay 1
+    magnitude = torch.abs(logits, out=factors.narrow(dim, 0, dims))
+    # x l - max(l, 0) = l (x - 1/2) - |l| / 2
+    total = (logits * (x - 0.5)).sum(dim=dim) - 0.5 * magnitude.sum(dim=dim)
+    magnitude.neg_().exp_().add_(1.0)
+    by_chunk = factors.view(*padded[:dim], chunks, _SOFTPLUS_CHUNK, *padded[dim + 1 :])
+    return total - by_chunk.prod(dim=dim + 1).log_().sum(dim=dim)
+
+
 @dataclass(frozen=True)
 class MaskedWeights:
     """Every layer's weight times its mask under one connectivity; shapes as in ``MaskSet``."""
@@ -168,15 +198,21 @@ class MADE(nn.Module):
         hidden: list[nn.Linear] = list(self.hidden_layers)  # type: ignore[arg-type]  # a ModuleList of Linear
         return in_layer_order(hidden, self.output_layer, self.direct_layer)
 
-    def network(self, x: torch.Tensor, linear: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+    def network(
+        self, x: torch.Tensor, linear: Callable[[torch.Tensor, int], torch.Tensor],
+        add_direct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         """(B, D) logits, where ``linear(input, i)`` applies masked layer i of ``masked_layers()``
-        (the training steps of ``made_core.steps`` pass their own)."""
+        (the training steps of ``made_core.steps`` pass their own); ``add_direct(logits, x)``,
+        if given, adds the direct connection's term (default: ``logits + linear(x, last)``)."""
         act = ACTIVATION_FUNCTIONS[self.activation]
         hidden = x
         for i in range(len(self.hidden_layers)):
             hidden = act(linear(hidden, i))
         logits = linear(hidden, len(self.hidden_layers))
         if self.direct_layer is not None:
+            if add_direct is not None:
+                return add_direct(logits, x)
             logits = logits + linear(x, len(self.hidden_layers) + 1)
         return logits
 
@@ -194,7 +230,14 @@ class MADE(nn.Module):
     def logits_with(self, x: torch.Tensor, weights: MaskedWeights) -> torch.Tensor:
         """(B, D) logits computed with already-masked ``weights`` (see ``masked_weights``)."""
         layers, masked = self.masked_layers(), weights.in_layer_order()
-        return self.network(x, lambda inputs, i: F.linear(inputs, masked[i], layers[i].bias))
+        linear = lambda inputs, i: F.linear(inputs, masked[i], layers[i].bias)  # noqa: E731
+        direct = weights.direct
+        if direct is None or torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+            return self.network(x, linear)
+        # Outside autograd and autocast the direct connection's product accumulates into the
+        # output layer's (one addmm instead of a matmul and an add over (B, D): about 5% of an
+        # ensemble evaluation with D = 784).
+        return self.network(x, linear, lambda logits, inputs: logits.addmm_(inputs, direct.t()))
 
     def logits(self, x: torch.Tensor, mask_index: int | None = None) -> torch.Tensor:
         """(B, D) logits of p(x_d = 1 | x_<d) under mask ``mask_index`` (default 0)."""
@@ -210,7 +253,7 @@ class MADE(nn.Module):
 
     def log_prob_with(self, x: torch.Tensor, weights: MaskedWeights) -> torch.Tensor:
         """(B,) log p_k(x) in nats under the single connectivity whose masked ``weights`` are given."""
-        return self._log_likelihoods(self.logits_with(x, weights), x).sum(dim=1)
+        return bernoulli_log_likelihood(self.logits_with(x, weights), x)
 
     def mask_log_prob(self, x: torch.Tensor, mask_index: int) -> torch.Tensor:
         """(B,) log p_k(x) in nats under the single mask ``mask_index``."""

@@ -68,6 +68,8 @@ def test_quick_run_reports_both_sections(tmp_path, capsys):
     assert sum(training_table.count(word) for word in ("PASS", "MISS")) == 4
     assert out.count(" fresh ") == 2
     # Section 3: sampling, with a verdict for the one-hidden-layer row only.
+    evaluation_table = out.split("2. 32-mask ensemble evaluation")[1].split("3. Sampling")[0]
+    assert sum(evaluation_table.count(word) for word in ("PASS", "MISS")) == 2 and " 0.95 " in evaluation_table
     assert "3. Sampling" in out and [tuple(row["hidden_sizes"]) for row in report["sampling"]] == [(500,), (500, 500)]
     assert all(_finite_positive(row["speedup"]) for row in report["sampling"])
     assert f"{report['training'][0]['ratio']:.3f}" in out
@@ -143,7 +145,8 @@ def test_processes_combine_into_medians_and_pooled_quartiles():
     one_mask, many_masks = combine_processes(per_process)
     assert (one_mask.num_masks, many_masks.num_masks) == (1, 32)
     assert one_mask.process_ratios == (0.80, 0.95, 0.92)
-    assert one_mask.ratio == 0.92 and one_mask.verdict == "PASS"  # the median process, not the mean (0.89)
+    assert one_mask.ratio == 0.92 and one_mask.verdict == "MISS"  # the median process, not the mean (0.89); target 1.2
+    assert many_masks.verdict == "MISS" and dataclasses.replace(many_masks, ratio=1.0).verdict == "PASS"  # target 1.0
     assert many_masks.ratio == 0.90 and many_masks.made_examples_per_second == 900.0
     assert one_mask.rounds == 9 and len(one_mask.round_ratios) == 9
     assert one_mask.ratio_quartiles == pytest.approx((0.9, 0.92))  # inclusive quartiles of the 9 pooled rounds

@@ -11,7 +11,7 @@ import torch
 from made_core.evaluate import evaluate_nll, example_log_probs
 from made_core.hyperparameters import MASK_SAMPLING
 from made_core.masks import input_degrees, make_masks, make_ordering
-from made_core.model import MADE, load_model, save_model
+from made_core.model import MADE, bernoulli_log_likelihood, load_model, save_model
 from made_core.steps import FixedMaskStep, make_training_step
 
 CONNECTIVITIES = [(1, "natural"), (1, "random"), (4, "natural"), (4, "random"), (4, "agnostic"), (MASK_SAMPLING, "agnostic")]
@@ -202,6 +202,41 @@ def test_normalised_single_masks_and_ensembles(num_masks, ordering, direct_conne
         if num_masks != 1:
             # a single non-zero mask index is normalised too
             assert model.mask_log_prob(x, 2).exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("dim", [2, 15, 16, 17, 100])
+def test_bernoulli_log_likelihood_without_autograd_equals_bce(dim):
+    # Logits from 0.1 to 100 in magnitude: the chunked products of 1 + exp(-|l|) must not overflow.
+    generator = torch.Generator().manual_seed(dim)
+    scales = torch.tensor([0.1, 1.0, 5.0, 30.0, 100.0], dtype=torch.float64)
+    logits = (
+        torch.randn(40, dim, generator=generator, dtype=torch.float64) * scales[torch.randint(0, 5, (40, 1), generator=generator)]
+    )
+    x = (torch.rand(40, dim, generator=generator) < 0.4).double()
+    exact = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+    with torch.no_grad():
+        assert torch.allclose(bernoulli_log_likelihood(logits, x), exact, rtol=0, atol=1e-10)
+        single = bernoulli_log_likelihood(logits.float(), x.float()).double()
+        assert torch.allclose(single, exact, rtol=1e-6, atol=1e-4)
+    # With autograd it is BCE-with-logits itself, with its gradients.
+    tracked = logits.clone().requires_grad_(True)
+    value = bernoulli_log_likelihood(tracked, x)
+    value.sum().backward()
+    assert torch.allclose(value.detach(), exact, atol=1e-12)
+    assert torch.allclose(tracked.grad, x - torch.sigmoid(logits), atol=1e-12)
+
+
+@pytest.mark.parametrize("hidden_sizes", [(24,), (24, 24)])
+def test_evaluation_logits_equal_the_autograd_ones(hidden_sizes):
+    # Without autograd the direct connection accumulates into the output layer's product.
+    model = MADE(9, hidden_sizes, 4, "agnostic", direct_connection=True, seed=3)
+    x = (torch.rand(32, 9, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    weights = model.masked_weights(2)
+    tracked = model.logits_with(x, weights)
+    assert tracked.requires_grad
+    with torch.no_grad():
+        evaluated = model.logits_with(x, weights)
+    assert torch.allclose(evaluated, tracked.detach(), atol=1e-6)
 
 
 def test_ensemble_averages_probabilities_not_logits():
