@@ -608,7 +608,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         metavar="RUN,RUN,...",
         help="run nothing: compare guided and random search over finished runs at different --seed "
-        "(their <work>/<timestamp> folders); writes search_benchmark_seeds.md",
+        "(their <work>/<timestamp> folders; one seed's datasets may come from several); writes search_benchmark_seeds.md",
     )
     args = parser.parse_args(argv)
     args.samplers = [s for s in args.samplers.split(",") if s]
@@ -762,12 +762,17 @@ def render_seeds(runs: Sequence[SavedRun]) -> str:
 
 
 def combine_runs(folders: Sequence[str], output: Path) -> str:
-    """``--combine``: search_benchmark_seeds.md in ``output`` from finished runs at different seeds."""
+    """``--combine``: search_benchmark_seeds.md in ``output`` from finished runs at different seeds
+    (a seed's datasets may come from several runs)."""
     from results.storage import atomic_write_text
 
     runs = [read_saved_run(Path(folder)) for folder in folders]
-    if len({run.seed for run in runs}) < len(runs):
-        raise ValueError(f"runs share a seed ({', '.join(str(run.seed) for run in runs)}): combine runs at different seeds")
+    pairs = [(row.dataset, run.seed) for run in runs for row in run.rows]
+    if repeated := sorted({pair for pair in pairs if pairs.count(pair) > 1}):
+        raise ValueError(
+            "runs share a seed on a dataset (" + ", ".join(f"{dataset} seed {seed}" for dataset, seed in repeated)
+            + "): combine runs at different seeds, or of different datasets"
+        )  # fmt: skip
     if len({(run.suite_name, run.suite.budget_seconds) for run in runs}) > 1:
         raise ValueError("runs of different suites or budgets: combine runs of one suite at one budget")
     text = render_seeds(sorted(runs, key=lambda run: run.seed))
