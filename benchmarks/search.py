@@ -687,7 +687,6 @@ def render_saved_run(work: Path, args: argparse.Namespace) -> str:
 class SavedRun:
     """A finished benchmark run read back from its work folder (rows.json, header.json)."""
 
-    folder: Path
     seed: int
     header: dict[str, str]
     suite_name: str
@@ -710,7 +709,7 @@ def read_saved_run(folder: Path) -> SavedRun:
     saved = json.loads((folder / "header.json").read_text())
     rows = [row_from_json(record) for record in json.loads((folder / "rows.json").read_text())]
     suite = Suite(**{**saved["suite"], "datasets": tuple(saved["suite"]["datasets"])})
-    return SavedRun(folder, saved_seed(saved), saved["header"], saved["suite_name"], suite, rows)
+    return SavedRun(saved_seed(saved), saved["header"], saved["suite_name"], suite, rows)
 
 
 def render_seeds(runs: Sequence[SavedRun]) -> str:

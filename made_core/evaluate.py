@@ -56,13 +56,13 @@ def mask_log_probs(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 
     columns = rows.t().contiguous() if blocked_evaluation_pays(model, len(rows)) else None  # (D, N), once for all masks
     for row, mask_index in enumerate(mask_indices):
         weights = model.masked_weights(mask_index)
-        network = blocked_network(model, mask_index, weights) if columns is not None else None
-        for start in range(0, len(rows), batch_size):
-            end = start + batch_size
-            if network is not None and columns is not None:
-                per_mask[row, start:end] = network.log_prob_of_columns(columns[:, start:end])
-            else:
-                per_mask[row, start:end] = model.log_prob_with(rows[start:end], weights)
+        if columns is None:
+            for start in range(0, len(rows), batch_size):
+                per_mask[row, start : start + batch_size] = model.log_prob_with(rows[start : start + batch_size], weights)
+        else:
+            network = blocked_network(model, mask_index, weights)
+            for start in range(0, len(rows), batch_size):
+                per_mask[row, start : start + batch_size] = network.log_prob_of_columns(columns[:, start : start + batch_size])
     model.train(was_training)
     return per_mask
 
