@@ -137,6 +137,8 @@ class SweepFigures:
     reselected: bool  # the final re-selection chose another trial than the sweep objective's best
     best_so_far: list[tuple[float, float]] = field(default_factory=list)  # (compute seconds, best objective)
     winner_rungs: dict[int, bool] = field(default_factory=dict)  # rung epoch -> would have been stopped there
+    # The same, judged at the rung's time (winner_stopped_at_seconds): what rungs on training time would do.
+    winner_rungs_by_time: dict[int, bool] = field(default_factory=dict)
     # Where guidance shows even when the best trial is a matter of luck: the typical trial.
     median_trial_nll: float = math.nan  # median over trials of their best sweep objective
     full_length_share: float = math.nan  # share of trials that ran their course (max epochs or early stopping)
@@ -187,6 +189,36 @@ def winner_stopped_at(
     return verdicts
 
 
+def winner_stopped_at_seconds(
+    histories: dict[str, pd.DataFrame], winner: str, rung_epochs: Sequence[int], reduction_factor: int = 3
+) -> dict[int, bool]:
+    """``winner_stopped_at`` for rungs on training time instead of epochs: each epoch rung is
+    matched by the trial time at which the median trial reached it, and the winner's best
+    objective by then is judged against every trial that trained that long (a trial's time is
+    the sum of its reports' ``time_this_iter_s``)."""
+    clocks = {
+        trial_id: history.assign(seconds=history["time_this_iter_s"].astype(float).cumsum())
+        for trial_id, history in histories.items()
+        if {"epoch", "time_this_iter_s", "best_valid_nll"} <= set(history.columns) and len(history)
+    }
+    verdicts = {}
+    for rung in rung_epochs:
+        reached = [float(h.loc[h["epoch"] >= rung, "seconds"].iloc[0]) for h in clocks.values() if (h["epoch"] >= rung).any()]
+        if not reached:
+            continue
+        seconds = float(np.median(reached))
+        values = {
+            trial_id: float(h.loc[h["seconds"] <= seconds, "best_valid_nll"].min())
+            for trial_id, h in clocks.items()
+            if h["seconds"].iloc[-1] >= seconds and h["seconds"].iloc[0] <= seconds
+        }
+        if winner not in values or len(values) < reduction_factor:
+            continue
+        cutoff = float(np.quantile(list(values.values()), 1.0 / reduction_factor))
+        verdicts[rung] = values[winner] > cutoff
+    return verdicts
+
+
 def ran_its_course(last_result: dict[str, Any], max_epochs: int) -> bool:
     """Whether a trial reached ``max_epochs`` or stopped early on its own, rather than being cut by ASHA or the budget."""
     return bool(last_result.get("stopped_early")) or int(last_result.get("epoch", 0)) >= max_epochs
@@ -208,6 +240,7 @@ def read_sweep(path: Path, sampler: str, slots: int, grace_period: int, max_epoc
     trial_seconds = sum(float(r.last_result.get("time_total_s", 0.0)) for r in [*records, *retrained])
     fit_seconds = float(info.get("fit_seconds", info["wall_seconds"]))
     finalists = best.get("finalists", [])
+    rungs = asha_rungs(grace_period, max_epochs)
     return SweepFigures(
         sampler=sampler,
         experiment=path.name,
@@ -227,7 +260,8 @@ def read_sweep(path: Path, sampler: str, slots: int, grace_period: int, max_epoc
         if (finite := [r.best_valid_nll for r in records if math.isfinite(r.best_valid_nll)])
         else math.nan,
         full_length_share=float(np.mean([ran_its_course(r.last_result, max_epochs) for r in records])) if records else math.nan,
-        winner_rungs=winner_stopped_at(histories, str(best["trial_id"]), asha_rungs(grace_period, max_epochs)),
+        winner_rungs=winner_stopped_at(histories, str(best["trial_id"]), rungs),
+        winner_rungs_by_time=winner_stopped_at_seconds(histories, str(best["trial_id"]), rungs),
     )
 
 
@@ -420,6 +454,26 @@ def _mark(value: bool | None) -> str:
     return "" if value is None else ("yes" if value else "**no**")
 
 
+def winner_rung_lines(sweeps: Sequence[SweepFigures]) -> list[str]:
+    """The section that pools ``winner_rungs`` and ``winner_rungs_by_time`` over ``sweeps``."""
+    lines = ["", "## Would ASHA have stopped the final winner?", "",
+             "Per rung: sweeps whose winner reached it, and how many of those winners were outside the best third "
+             "of all trials at that epoch; then the same judged at the rung's time (the training seconds the median "
+             "trial took to reach it: where rungs on time would judge), against the trials that trained that long.",
+             "", "| rung (epoch) | winners judged | would have been stopped | at its time: judged | would have been stopped |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    by_epoch: dict[int, list[bool]] = {}
+    by_time: dict[int, list[bool]] = {}
+    for sweep in sweeps:
+        for counts, verdicts in ((by_epoch, sweep.winner_rungs), (by_time, sweep.winner_rungs_by_time)):
+            for rung, stopped in verdicts.items():
+                counts.setdefault(rung, []).append(stopped)
+    for rung in sorted(by_epoch.keys() | by_time.keys()):
+        epoch, timed = by_epoch.get(rung, []), by_time.get(rung, [])
+        lines.append(f"| {rung} | {len(epoch)} | {sum(epoch)} | {len(timed)} | {sum(timed)} |")
+    return lines
+
+
 def render_markdown(rows: Sequence[DatasetRow], suite_name: str, suite: Suite, header: dict[str, str]) -> str:
     lines = [
         f"# Search benchmark: suite `{suite_name}`, {suite.budget_seconds / 60:g} min per sweep",
@@ -500,17 +554,7 @@ def render_markdown(rows: Sequence[DatasetRow], suite_name: str, suite: Suite, h
                 f"| {row.dataset} | {sampler} | {sweep.sweep_valid_nll:.2f} | {sweep.valid_nll:.2f} | {sweep.test_nll:.2f} "
                 f"| {'yes' if sweep.reselected else 'no'} |"
             )
-    lines += ["", "## Would ASHA have stopped the final winner?", "",
-              "Per rung: sweeps whose winner reached it, and how many of those winners were outside the best third "
-              "of all trials at that epoch.", "", "| rung (epoch) | winners judged | would have been stopped |",
-              "|---|---|---|"]  # fmt: skip
-    counts: dict[int, list[bool]] = {}
-    for row in rows:
-        for sweep in row.sweeps.values():
-            for rung, stopped in sweep.winner_rungs.items():
-                counts.setdefault(rung, []).append(stopped)
-    for rung in sorted(counts):
-        lines.append(f"| {rung} | {len(counts[rung])} | {sum(counts[rung])} |")
+    lines += winner_rung_lines([sweep for row in rows for sweep in row.sweeps.values()])
     warm_rows = [row for row in rows if "warm" in row.sweeps]
     if warm_rows:
         lines += ["", "## Warm start from the other datasets' guided sweeps", "",
@@ -654,7 +698,8 @@ def row_from_json(record: dict[str, Any]) -> DatasetRow:
         sweeps[sampler] = SweepFigures(**{
             **sweep,
             "best_so_far": [tuple(point) for point in sweep["best_so_far"]],
-            "winner_rungs": {int(rung): stopped for rung, stopped in sweep["winner_rungs"].items()},
+            **{key: {int(rung): stopped for rung, stopped in sweep[key].items()}
+               for key in ("winner_rungs", "winner_rungs_by_time") if key in sweep},
         })  # fmt: skip
     baselines = {family: BaselineResult(**result) for family, result in record["baselines"].items()}
     return DatasetRow(**{**record, "baselines": baselines, "sweeps": sweeps})
@@ -663,23 +708,15 @@ def row_from_json(record: dict[str, Any]) -> DatasetRow:
 def render_saved_run(work: Path, args: argparse.Namespace) -> str:
     """The report of a finished run from its work folder's rows.json and header.json, with the
     known-structure fit added to synthetic rows that lack it (it is deterministic, and cheap) and
-    the typical-trial figures read from the run's experiment folders where rows.json lacks them."""
+    newer sweep figures read from the run's experiment folders (``read_saved_run``)."""
     from made_core.data import load_dataset
     from made_core.registry import DATASETS
-    from search.tuner import default_grace_period
 
     run = read_saved_run(work)
     rows, suite = run.rows, run.suite
     for row in rows:
         if row.dataset in DATASETS and DATASETS[row.dataset].is_synthetic and not math.isfinite(row.known_structure_nll):
             row.known_structure_nll = known_structure(row.dataset, load_dataset(row.dataset, download=False, progress=False))
-    for row in rows:
-        for sweep in row.sweeps.values():  # figures added since the run: read from its experiment folder
-            folder = work / "experiments" / sweep.experiment
-            if not math.isfinite(sweep.median_trial_nll) and folder.is_dir():
-                grace = default_grace_period(suite.max_epochs)
-                again = read_sweep(folder, sweep.sampler, os.cpu_count() or 1, grace, suite.max_epochs)
-                sweep.median_trial_nll, sweep.full_length_share = again.median_trial_nll, again.full_length_share
     return write_outputs(rows, run.suite_name, suite, run.header, Path(args.output))
 
 
@@ -704,11 +741,24 @@ def saved_seed(saved: dict[str, Any]) -> int:
 
 
 def read_saved_run(folder: Path) -> SavedRun:
+    """A finished run from its work ``folder``, with the sweep figures added to the benchmark
+    since the run read from its experiment folders where they are still there."""
+    from search.tuner import default_grace_period
+
     if not (folder / "rows.json").is_file() or not (folder / "header.json").is_file():
         raise ValueError(f"{folder} holds no rows.json and header.json of a benchmark run")
     saved = json.loads((folder / "header.json").read_text())
     rows = [row_from_json(record) for record in json.loads((folder / "rows.json").read_text())]
     suite = Suite(**{**saved["suite"], "datasets": tuple(saved["suite"]["datasets"])})
+    for row in rows:
+        for sweep in row.sweeps.values():
+            experiment = folder / "experiments" / sweep.experiment
+            missing = not math.isfinite(sweep.median_trial_nll) or (sweep.winner_rungs and not sweep.winner_rungs_by_time)
+            if missing and experiment.is_dir():
+                grace = default_grace_period(suite.max_epochs)
+                again = read_sweep(experiment, sweep.sampler, os.cpu_count() or 1, grace, suite.max_epochs)
+                sweep.median_trial_nll, sweep.full_length_share = again.median_trial_nll, again.full_length_share
+                sweep.winner_rungs_by_time = again.winner_rungs_by_time
     return SavedRun(saved_seed(saved), saved["header"], saved["suite_name"], suite, rows)
 
 
@@ -757,6 +807,7 @@ def render_seeds(runs: Sequence[SavedRun]) -> str:
         )
     lines += ["", f"Guided lower on the mean over seeds on {lower_on_mean} of {len(datasets)} datasets; "
               f"lower in {seed_wins} of {seed_total} (dataset, seed) pairs."]  # fmt: skip
+    lines += winner_rung_lines([sweep for run in runs for row in run.rows for sweep in row.sweeps.values()])
     return "\n".join(lines) + "\n"
 
 

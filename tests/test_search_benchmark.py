@@ -32,6 +32,7 @@ from benchmarks.search import (
     table_rows,
     verdicts,
     winner_stopped_at,
+    winner_stopped_at_seconds,
 )
 from made_core.config import TrainConfig
 from made_core.data import Splits
@@ -237,6 +238,20 @@ def test_winner_stopped_at_judges_the_winner_against_every_trial_at_the_rung():
     assert winner_stopped_at({"a": histories["a"]}, "a", [1]) == {}  # too few trials to judge
 
 
+def test_rungs_on_time_judge_a_slow_good_trial_at_the_typical_trials_time():
+    histories = {
+        "a": _history([1, 2], [1, 1], [5.0, 4.0]),
+        "b": _history([1, 2], [1, 1], [6.0, 5.0]),
+        "c": _history([2, 4], [2, 2], [4.8, 3.0]),  # twice as slow per epoch, best per epoch
+        "d": _history([1, 2], [1, 1], [8.0, 4.5]),
+    }
+    assert winner_stopped_at(histories, "c", [1, 2]) == {1: False, 2: False}
+    # Epoch 2 took the median trial 2 s; by then c had done one epoch (4.8), behind a (4.0) and d (4.5).
+    # Epoch 1 took it 1 s, before c's first report: c is not judged there.
+    assert winner_stopped_at_seconds(histories, "c", [1, 2]) == {2: True}
+    assert winner_stopped_at_seconds(histories, "a", [1, 2]) == {1: False, 2: False}
+
+
 def _sweep(sampler, test, curve):
     return SweepFigures(sampler, f"x-{sampler}", test, 0.1, test, test, 10, 100.0, 190.0, 0.95, "1×500", {},
                         False, curve, {40: False})  # fmt: skip
@@ -290,6 +305,7 @@ def test_combined_seeds_compare_guided_and_random_per_dataset(tmp_path):
     assert "| dna | 0, 1, 2 | 80.00 / 80.50 / 82.00 | 81.00 / 81.50 / 81.00 | 80.83 | 81.17 | -0.33 ± 0.67 | 2/3 |" in text
     assert "| bn | 0, 1 | 10.00 / 10.00 | 9.00 / 9.50 | 10.00 | 9.25 | 0.75 ± 0.25 | 0/2 |" in text
     assert "on 1 of 2 datasets; lower in 2 of 5 (dataset, seed) pairs" in text
+    assert "| 40 | 10 | 0 | 0 | 0 |" in text  # the rung verdicts pooled over every run's sweeps
     with pytest.raises(ValueError, match="share a seed on a dataset \\(dna seed 0\\)"):
         combine_runs([runs[0], _saved_run(tmp_path / "d", 0, {"dna": (1.0, 2.0)})], tmp_path / "out")
     # One seed's datasets may come from several runs.
