@@ -73,22 +73,55 @@ class BlockedLayer:
         return self.starts[-1]
 
 
-def _blocked_layer(
-    masked: torch.Tensor, bias: torch.Tensor | None, degrees: LayerDegrees, row_order: torch.Tensor,
-    column_order: torch.Tensor, blocks: int,
-) -> BlockedLayer:  # fmt: skip
-    """``masked`` (out, in) sorted into ``row_order`` x ``column_order`` (each ascending in degree), cut into row blocks."""
+@dataclass(frozen=True)
+class Staircase:
+    """One masked layer's shape in sorted coordinates: sorted row ``r`` sees the first
+    ``prefixes[r]`` sorted columns; row block b is rows ``starts[b]:starts[b + 1]``, whose
+    last row sees the first ``widths[b]`` columns."""
+
+    row_order: torch.Tensor  # (out,) the layer's rows (natural indices) in sorted order
+    column_order: torch.Tensor  # (in,)
+    prefixes: torch.Tensor  # (out,) int64
+    starts: tuple[int, ...]
+    widths: tuple[int, ...]
+
+
+def staircase(degrees: LayerDegrees, row_order: torch.Tensor, column_order: torch.Tensor, blocks: int) -> Staircase:
+    """The staircase of a layer whose rows and columns are sorted by ``row_order`` and
+    ``column_order`` (each ascending in degree), cut into ``blocks`` row blocks."""
     rows, columns = degrees.rows[row_order], degrees.columns[column_order]
     # Unit j sees the sorted columns whose degree is below rows[j] + shift: a prefix, growing with j.
     prefixes = torch.searchsorted(columns, rows + degrees.shift)
-    device = masked.device
-    sorted_weight = masked.index_select(0, row_order.to(device)).index_select(1, column_order.to(device))
     count = rows.numel()
-    starts = sorted({round(count * b / blocks) for b in range(blocks + 1)})
+    starts = tuple(sorted({round(count * b / blocks) for b in range(blocks + 1)}))
     widths = tuple(int(prefixes[end - 1]) for end in starts[1:])
+    return Staircase(row_order, column_order, prefixes, starts, widths)
+
+
+def staircases(model: MADE, mask_index: int, blocks: int = BLOCKS) -> tuple[torch.Tensor, tuple[Staircase, ...]]:
+    """The inputs in the mask's ordering (D,) and every masked layer's staircase, in the order
+    of ``model.masked_layers()``; each layer's columns are the previous layer's sorted rows."""
+    degrees = make_degrees(model.input_dim, model.hidden_sizes, model.ordering, model.seed, mask_index, model.direct_connection)
+    order = model.masks(mask_index).order.cpu()  # inputs sorted by degree: degree k + 1 is dimension order[k]
+    depth = len(model.hidden_sizes)
+    hidden_orders = [torch.argsort(layer.rows, stable=True) for layer in degrees[:depth]]
+    row_orders = [*hidden_orders, order] + ([order] if model.direct_connection else [])
+    column_orders = [order, *hidden_orders] + ([order] if model.direct_connection else [])
+    layers = tuple(
+        staircase(layer_degrees, rows, columns, blocks)
+        for layer_degrees, rows, columns in zip(degrees, row_orders, column_orders, strict=True)
+    )
+    return order, layers
+
+
+def _blocked_layer(masked: torch.Tensor, bias: torch.Tensor | None, stairs: Staircase) -> BlockedLayer:
+    """``masked`` (out, in) in the sorted coordinates of ``stairs``, cut into its row blocks."""
+    device = masked.device
+    sorted_weight = masked.index_select(0, stairs.row_order.to(device)).index_select(1, stairs.column_order.to(device))
+    starts, widths = stairs.starts, stairs.widths
     weights = tuple(sorted_weight[start:end, :width] for start, end, width in zip(starts[:-1], starts[1:], widths, strict=True))
-    sorted_bias = None if bias is None else bias.index_select(0, row_order.to(device)).unsqueeze(1)
-    return BlockedLayer(tuple(starts), widths, weights, sorted_bias)
+    sorted_bias = None if bias is None else bias.index_select(0, stairs.row_order.to(device)).unsqueeze(1)
+    return BlockedLayer(starts, widths, weights, sorted_bias)
 
 
 @dataclass(frozen=True)
@@ -121,19 +154,12 @@ class BlockedNetwork:
 @torch.no_grad()
 def blocked_network(model: MADE, mask_index: int, weights: MaskedWeights, blocks: int = BLOCKS) -> BlockedNetwork:
     """The connectivity ``mask_index`` of ``model``, whose masked ``weights`` are given, in sorted coordinates."""
-    degrees = make_degrees(model.input_dim, model.hidden_sizes, model.ordering, model.seed, mask_index, model.direct_connection)
-    order = model.masks(mask_index).order.cpu()  # inputs sorted by degree: degree k + 1 is dimension order[k]
+    order, stairs = staircases(model, mask_index, blocks)
     depth = len(model.hidden_sizes)
-    hidden_orders = [torch.argsort(layer.rows, stable=True) for layer in degrees[:depth]]
-    column_orders = [order, *hidden_orders]  # each layer's inputs: the previous layer's sorted units
-    hidden = tuple(
-        _blocked_layer(weight, layer.bias, layer_degrees, row_order, column_order, blocks)
-        for weight, layer, layer_degrees, row_order, column_order in zip(
-            weights.hidden, model.masked_layers()[:depth], degrees[:depth], hidden_orders, column_orders[:depth], strict=True
-        )
-    )
-    output = _blocked_layer(weights.output, model.output_layer.bias, degrees[depth], order, column_orders[-1], blocks)
-    direct = None
-    if weights.direct is not None:
-        direct = _blocked_layer(weights.direct, None, degrees[depth + 1], order, order, blocks)
-    return BlockedNetwork(order.to(model.device), hidden, output, direct, model.activation)
+    layers = model.masked_layers()
+    blocked = [
+        _blocked_layer(weight, layer.bias, layer_stairs)
+        for weight, layer, layer_stairs in zip(weights.in_layer_order(), layers, stairs, strict=True)
+    ]
+    direct = blocked[depth + 1] if weights.direct is not None else None
+    return BlockedNetwork(order.to(model.device), tuple(blocked[:depth]), blocked[depth], direct, model.activation)

@@ -9,6 +9,8 @@ how they compute the logits, and each owns what that needs:
   gradients masked, so a step makes no weight x mask products. It zeroes the cut weights
   itself whenever anything else has written the weights (``tensor._version``: a resume,
   ``load_state_dict``, restoring the best weights).
+- ``SortedFixedMaskStep`` (num_masks = 1, on the CPU where it pays: ``made_core.sorted_step``):
+  the same in degree-sorted coordinates, multiplying only the blocks left of the weights' staircase.
 - ``FusedAdamStep`` (several masks, ``MaskedAdam``): the optimiser's one C++ pass per layer
   masks the gradient, applies Adam and prepares the next step's masked weights, which the
   forward pass uses as they are.
@@ -95,6 +97,10 @@ class TrainingStep:
 
     def after_update(self) -> None:
         """Called after every optimiser step."""
+
+    def settle(self) -> None:
+        """Leave the model's parameters as the model defines them; call before reading them
+        (a step may keep them in other coordinates between its calls)."""
 
     def __call__(self, batch: torch.Tensor, step: int) -> torch.Tensor:
         with step_precision(self.precision):
@@ -186,11 +192,17 @@ class FusedAdamStep(TrainingStep):
 
 
 def make_training_step(
-    model: MADE, optimizer: torch.optim.Optimizer, grad_clip: float | None = None, precision: str = DEFAULT_PRECISION
+    model: MADE, optimizer: torch.optim.Optimizer, grad_clip: float | None = None, precision: str = DEFAULT_PRECISION,
+    steps_per_settle: int = 0,
 ) -> TrainingStep:  # fmt: skip
-    """The strategy for this model and optimiser (see the module docstring)."""
+    """The strategy for this model and optimiser (see the module docstring); ``steps_per_settle``:
+    how many steps the caller makes between two ``settle()`` calls."""
+    from made_core.sorted_step import SortedFixedMaskStep, sorted_training_applies
+
     if isinstance(optimizer, MaskedAdam):
         return FusedAdamStep(model, optimizer, grad_clip, precision)
+    if sorted_training_applies(model, precision, steps_per_settle):
+        return SortedFixedMaskStep(model, optimizer, grad_clip)
     if model.num_masks == 1:
         return FixedMaskStep(model, optimizer, grad_clip, precision)
     return MaskProductStep(model, optimizer, grad_clip, precision)

@@ -119,7 +119,10 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.validation_interval = config.validation_interval(len(self.train_rows), len(self.valid_rows))
         self.precision = effective_precision(config.precision, self.device)
-        self.train_step = make_training_step(self.model, self.optimizer, config.grad_clip, self.precision)
+        steps_per_epoch = math.ceil(len(self.train_rows) / config.batch_size)
+        self.train_step = make_training_step(
+            self.model, self.optimizer, config.grad_clip, self.precision, steps_per_epoch * self.validation_interval
+        )
         self.shuffle_generator = torch.Generator().manual_seed(config.seed)
         self.progress = _Progress()
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -155,10 +158,13 @@ class Trainer:
             raise RuntimeError(f"training already ended ({self.progress.status})")
         start, epochs_before = time.perf_counter(), self.progress.epoch
         total_loss = 0.0
-        for _ in range(epochs_before, self.next_validation_epoch()):
-            total_loss += float(self.train_epoch())  # one device sync per epoch, not per step
-            if not math.isfinite(total_loss):
-                break
+        try:
+            for _ in range(epochs_before, self.next_validation_epoch()):
+                total_loss += float(self.train_epoch())  # one device sync per epoch, not per step
+                if not math.isfinite(total_loss):
+                    break
+        finally:
+            self.train_step.settle()
         epochs = self.progress.epoch - epochs_before
         train_nll = total_loss / (len(self.train_rows) * epochs)
         if not math.isfinite(train_nll):

@@ -1,0 +1,200 @@
+"""Training a one-mask MADE in degree-sorted coordinates, skipping its weights' zero blocks.
+
+In the coordinates of ``made_core.blocked`` (inputs and outputs in the mask's ordering, hidden
+units by degree) every masked weight is a staircase, and a layer cut into row blocks needs only
+each block's columns up to its last row's prefix. ``SortedFixedMaskStep`` moves the model's
+parameters and the optimiser's state into those coordinates at its first step, makes each step's
+forward and backward pass block by block, feature-major and by hand (the network is a chain of
+masked linear layers, so its gradient is a few matmuls per block), and hands them to the
+optimiser unchanged. ``settle()`` moves everything back; the Trainer calls it before it
+validates, checkpoints or lets anyone else read the model.
+
+Shapes: a minibatch is (B, D); inside the step activations are (features, B).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from made_core.blocked import BLOCKS, Staircase, staircases
+from made_core.model import MADE, bernoulli_log_likelihood
+from made_core.precision import DEFAULT_PRECISION
+from made_core.steps import FixedMaskStep
+
+MIN_INPUT_DIM = 300
+"""Below this many dimensions the blocks' narrower matmuls cost more than the skipped work saves."""
+
+MIN_STEPS_BETWEEN_SETTLES = 50
+"""Moving the weights and the optimiser state into sorted coordinates and back costs about a dozen
+steps' savings: below this many steps per validation interval the step stays in natural coordinates."""
+
+
+def sorted_training_applies(model: MADE, precision: str, steps_per_settle: int) -> bool:
+    """Whether a one-mask ``model`` trains through ``SortedFixedMaskStep``: float32 or float64
+    on the CPU in full precision, ReLU or tanh units, enough dimensions and steps between settles."""
+    weight = model.output_layer.weight
+    return (
+        model.num_masks == 1
+        and weight.device.type == "cpu"
+        and weight.dtype in (torch.float32, torch.float64)
+        and precision == DEFAULT_PRECISION
+        and model.activation in ("relu", "tanh")
+        and model.input_dim >= MIN_INPUT_DIM
+        and steps_per_settle >= MIN_STEPS_BETWEEN_SETTLES
+    )
+
+
+class _SortedLayer:
+    """A masked layer's sorted weight (a parameter in sorted coordinates), its gradient buffer,
+    and the block views of both. The buffer is zero right of the staircase for good: steps write
+    only the blocks, and zero each block's cut corner (its rows' prefixes vary inside the block)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stairs: Staircase) -> None:
+        self.weight, self.bias, self.stairs = weight, bias, stairs
+        self.gradient = torch.zeros_like(weight)
+        self.blocks: list[tuple[int, int, int, int, torch.Tensor | None]] = []  # start, end, width, corner start, corner keep
+        prefixes = stairs.prefixes
+        for start, end, width in zip(stairs.starts[:-1], stairs.starts[1:], stairs.widths, strict=True):
+            corner = int(prefixes[start]) if end > start else width
+            keep = None
+            if corner < width:
+                columns = torch.arange(corner, width)
+                keep = (columns.unsqueeze(0) < prefixes[start:end].unsqueeze(1)).to(weight.dtype)
+            self.blocks.append((start, end, width, corner, keep))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(out, B) = weight @ inputs (in, B) + bias, block by block."""
+        out = inputs.new_empty(self.weight.shape[0], inputs.shape[1])
+        for start, end, width, _, _ in self.blocks:
+            target = out[start:end]
+            if width == 0:
+                target.copy_(self.bias[start:end, None].expand_as(target)) if self.bias is not None else target.zero_()
+            elif self.bias is not None:
+                torch.addmm(self.bias[start:end, None], self.weight[start:end, :width], inputs[:width], out=target)
+            else:
+                torch.mm(self.weight[start:end, :width], inputs[:width], out=target)
+        return out
+
+    def accumulate(self, out: torch.Tensor, inputs: torch.Tensor) -> None:
+        """out += weight @ inputs (no bias)."""
+        for start, end, width, _, _ in self.blocks:
+            if width:
+                out[start:end].addmm_(self.weight[start:end, :width], inputs[:width])
+
+    def weight_gradient(self, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
+        """Writes d loss / d weight into ``gradient`` from grad_out (out, B) and the inputs (in, B)."""
+        for start, end, width, corner, keep in self.blocks:
+            if width:
+                # beta=0: overwrite the block (a strided view unless it spans every column).
+                self.gradient[start:end, :width].addmm_(grad_out[start:end], inputs[:width].t(), beta=0)
+                if keep is not None:
+                    self.gradient[start:end, corner:width].mul_(keep)
+
+    def input_gradient(self, grad_out: torch.Tensor) -> torch.Tensor:
+        """d loss / d inputs (in, B) from grad_out (out, B)."""
+        grad_in = grad_out.new_zeros(self.weight.shape[1], grad_out.shape[1])
+        for start, end, width, _, _ in self.blocks:
+            if width:
+                grad_in[:width].addmm_(self.weight[start:end, :width].t(), grad_out[start:end])
+        return grad_in
+
+
+class SortedFixedMaskStep(FixedMaskStep):
+    """A one-mask MADE's step in degree-sorted coordinates (see the module docstring). The same
+    updates as ``FixedMaskStep`` to float rounding, for any optimiser and gradient clipping."""
+
+    def __init__(
+        self, model: MADE, optimizer: torch.optim.Optimizer, grad_clip: float | None = None, blocks: int = BLOCKS
+    ) -> None:  # fmt: skip
+        super().__init__(model, optimizer, grad_clip, DEFAULT_PRECISION)
+        if model.activation not in ("relu", "tanh"):
+            raise ValueError(f"SortedFixedMaskStep knows ReLU and tanh units, not {model.activation!r}")
+        self.order, self.stairs = staircases(model, 0, blocks)
+        self.layers: list[_SortedLayer] | None = None  # set while the parameters are in sorted coordinates
+
+    # -- coordinates -------------------------------------------------------------------------
+    def _permutations(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """(parameter, row order, column order or None) for every parameter of the model."""
+        result: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        for layer, stairs in zip(self.model.masked_layers(), self.stairs, strict=True):
+            result.append((layer.weight, stairs.row_order, stairs.column_order))
+            if layer.bias is not None:
+                result.append((layer.bias, stairs.row_order, None))
+        return result
+
+    @torch.no_grad()
+    def _move(self, to_sorted: bool) -> None:
+        for parameter, rows, columns in self._permutations():
+            if not to_sorted:  # the inverse permutations
+                rows = torch.argsort(rows)
+                columns = None if columns is None else torch.argsort(columns)
+            state = self.optimizer.state.get(parameter, {}).values()
+            tensors = [parameter.data, *(v for v in state if torch.is_tensor(v) and v.shape == parameter.shape)]
+            for tensor in tensors:
+                moved = tensor.index_select(0, rows)
+                tensor.copy_(moved if columns is None else moved.index_select(1, columns))
+
+    def enter(self) -> None:
+        """Zero the cut weights, then move parameters and optimiser state into sorted coordinates."""
+        if self.layers is not None:
+            return
+        self.zero_cut_weights()
+        self._move(to_sorted=True)
+        self.layers = [
+            _SortedLayer(layer.weight.data, None if layer.bias is None else layer.bias.data, stairs)
+            for layer, stairs in zip(self.model.masked_layers(), self.stairs, strict=True)
+        ]
+
+    def settle(self) -> None:
+        if self.layers is None:
+            return
+        self.layers = None
+        self._move(to_sorted=False)
+        for parameter in self.model.parameters():
+            parameter.grad = None  # the buffers are in sorted coordinates
+        self._versions = self._weight_versions()
+
+    def logits(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        self.settle()
+        return super().logits(x, step)
+
+    # -- the step ----------------------------------------------------------------------------
+    def __call__(self, batch: torch.Tensor, step: int) -> torch.Tensor:
+        self.enter()
+        assert self.layers is not None
+        depth = len(self.model.hidden_sizes)
+        relu = self.model.activation == "relu"
+        hidden_layers, output, direct = self.layers[:depth], self.layers[depth], self.layers[depth + 1 :]
+        x = batch.t().index_select(0, self.order)  # (D, B) in the mask's ordering
+        with torch.no_grad():
+            activations = [x]
+            for layer in hidden_layers:
+                pre = layer.forward(activations[-1])
+                activations.append(pre.relu_() if relu else pre.tanh_())
+            logits = output.forward(activations[-1])
+            for layer in direct:
+                layer.accumulate(logits, x)
+            loss = -bernoulli_log_likelihood(logits, x, dim=0).sum() / len(batch)
+            grad = logits.sigmoid_().sub_(x).div_(len(batch))  # d loss / d logits
+            for layer in direct:
+                layer.weight_gradient(grad, x)
+            bias_gradients = [grad.sum(1)]  # the output layer's, then the hidden layers' from the last
+            output.weight_gradient(grad, activations[-1])
+            for index in reversed(range(depth)):
+                grad = (hidden_layers[index + 1] if index + 1 < depth else output).input_gradient(grad)
+                # Autograd's own kernels for the activations' derivatives: one pass each.
+                hidden = activations[index + 1]
+                grad = (
+                    torch.ops.aten.threshold_backward(grad, hidden, 0.0) if relu else torch.ops.aten.tanh_backward(grad, hidden)
+                )
+                bias_gradients.append(grad.sum(1))
+                hidden_layers[index].weight_gradient(grad, activations[index])
+        modules = self.model.masked_layers()
+        for module, layer in zip(modules, self.layers, strict=True):
+            module.weight.grad = layer.gradient
+        for module, bias_gradient in zip(modules[: depth + 1], [*reversed(bias_gradients[1:]), bias_gradients[0]], strict=True):
+            module.bias.grad = bias_gradient
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return loss.detach()

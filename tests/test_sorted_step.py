@@ -1,0 +1,106 @@
+"""A one-mask MADE trained in degree-sorted coordinates makes the same updates as in its own."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import made_core.sorted_step as sorted_step
+from made_core.config import TrainConfig
+from made_core.model import MADE
+from made_core.sorted_step import SortedFixedMaskStep, sorted_training_applies
+from made_core.steps import FixedMaskStep
+from made_core.train import Trainer
+
+
+def _pair(model: MADE, make_optimizer, grad_clip=None, blocks=4):
+    twin = copy.deepcopy(model)
+    dense = FixedMaskStep(model, make_optimizer(model), grad_clip)
+    blocked = SortedFixedMaskStep(twin, make_optimizer(twin), grad_clip, blocks=blocks)
+    return dense, blocked
+
+
+def _adam(model):
+    return torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
+
+
+def _sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+
+@pytest.mark.parametrize("ordering", ["natural", "random", "agnostic"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_sorted_steps_make_the_same_updates(ordering, depth, direct, activation):
+    torch.manual_seed(depth)
+    model = MADE(11, [17] * depth, num_masks=1, ordering=ordering, direct_connection=direct, activation=activation, seed=3)
+    model = model.double()
+    dense, blocked = _pair(model, _adam)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(4):
+        batch = (torch.rand(9, 11, generator=generator, dtype=torch.float64) < 0.4).double()
+        assert float(blocked(batch, step)) == pytest.approx(float(dense(batch, step)), abs=1e-11)
+    blocked.settle()
+    for (name, a), b in zip(dense.model.state_dict().items(), blocked.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-11), name
+    for a, b in zip(dense.optimizer.state.values(), blocked.optimizer.state.values(), strict=True):
+        assert torch.allclose(a["exp_avg_sq"], b["exp_avg_sq"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("blocks", [1, 3, 7, 40])
+def test_any_block_count_with_clipping_and_momentum(blocks):
+    torch.manual_seed(1)
+    model = MADE(13, [20, 9], num_masks=1, ordering="agnostic", direct_connection=True, seed=5).double()
+    dense, blocked = _pair(model, _sgd, grad_clip=0.5, blocks=blocks)
+    generator = torch.Generator().manual_seed(1)
+    for step in range(5):
+        batch = (torch.rand(6, 13, generator=generator, dtype=torch.float64) < 0.5).double()
+        assert float(blocked(batch, step)) == pytest.approx(float(dense(batch, step)), abs=1e-11)
+    x = (torch.rand(4, 13, generator=generator, dtype=torch.float64) < 0.5).double()
+    # logits() settles first: the model is read in its own coordinates.
+    assert torch.allclose(blocked.logits(x, 0), dense.logits(x, 0), rtol=0, atol=1e-11)
+    assert all(p.grad is None for p in blocked.model.parameters())
+
+
+def test_entering_and_settling_moves_nothing():
+    model = MADE(9, [12], num_masks=1, ordering="random", seed=2)
+    step = SortedFixedMaskStep(model, _adam(model))
+    step(torch.ones(3, 9), 0)
+    step.settle()
+    before = copy.deepcopy(model.state_dict()), copy.deepcopy(step.optimizer.state_dict())
+    step.enter()
+    assert not torch.equal(model.output_layer.weight, before[0]["output_layer.weight"])  # moved
+    step.settle()
+    for key, value in before[0].items():
+        assert torch.equal(model.state_dict()[key], value), key
+    for index, state in before[1]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(step.optimizer.state_dict()["state"][index][key], value), key
+
+
+def test_the_rule_takes_large_inputs_and_long_intervals_in_full_precision():
+    model = MADE(sorted_step.MIN_INPUT_DIM, [8], num_masks=1)
+    enough = sorted_step.MIN_STEPS_BETWEEN_SETTLES
+    assert sorted_training_applies(model, "fp32", enough)
+    assert not sorted_training_applies(model, "fp32", enough - 1)
+    assert not sorted_training_applies(model, "bf16", enough)
+    assert not sorted_training_applies(MADE(sorted_step.MIN_INPUT_DIM - 1, [8], num_masks=1), "fp32", enough)
+    assert not sorted_training_applies(MADE(sorted_step.MIN_INPUT_DIM, [8], num_masks=2), "fp32", enough)
+
+
+def test_a_trainer_with_sorted_steps_trains_the_same_model(monkeypatch):
+    rows = (np.random.default_rng(0).random((120, 10)) < 0.3).astype(np.float32)
+    config = TrainConfig(hidden_sizes=(16,), num_masks=1, ordering="agnostic", batch_size=20, max_epochs=3, seed=4)
+    plain = Trainer(config, rows, rows[:30])
+    monkeypatch.setattr(sorted_step, "MIN_INPUT_DIM", 2)
+    monkeypatch.setattr(sorted_step, "MIN_STEPS_BETWEEN_SETTLES", 1)
+    blocked = Trainer(config, rows, rows[:30])
+    assert isinstance(blocked.train_step, SortedFixedMaskStep) and not isinstance(plain.train_step, SortedFixedMaskStep)
+    for a, b in zip(plain.epochs(), blocked.epochs(), strict=True):
+        assert b.valid_nll == pytest.approx(a.valid_nll, abs=1e-4) and b.train_nll == pytest.approx(a.train_nll, abs=1e-4)
+    for (name, a), b in zip(plain.model.state_dict().items(), blocked.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-5), name
