@@ -18,10 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
+from made_core.allocator import opted_out
 from made_core.blocked import BLOCKS, Staircase, staircases
 from made_core.model import MADE, bernoulli_log_likelihood
 from made_core.precision import DEFAULT_PRECISION
 from made_core.steps import FixedMaskStep
+
+OPT_OUT_VARIABLE = "MADE_SORTED_STEP"  # 0: one-mask models train in their own coordinates
 
 MIN_INPUT_DIM = 300
 """Below this many dimensions the blocks' narrower matmuls cost more than the skipped work saves."""
@@ -33,10 +36,12 @@ steps' savings: below this many steps per validation interval the step stays in 
 
 def sorted_training_applies(model: MADE, precision: str, steps_per_settle: int) -> bool:
     """Whether a one-mask ``model`` trains through ``SortedFixedMaskStep``: float32 or float64
-    on the CPU in full precision, ReLU or tanh units, enough dimensions and steps between settles."""
+    on the CPU in full precision, ReLU or tanh units, enough dimensions and steps between settles,
+    not opted out."""
     weight = model.output_layer.weight
     return (
-        model.num_masks == 1
+        not opted_out(OPT_OUT_VARIABLE)
+        and model.num_masks == 1
         and weight.device.type == "cpu"
         and weight.dtype in (torch.float32, torch.float64)
         and precision == DEFAULT_PRECISION

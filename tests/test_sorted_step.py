@@ -82,10 +82,13 @@ def test_entering_and_settling_moves_nothing():
             assert torch.equal(step.optimizer.state_dict()["state"][index][key], value), key
 
 
-def test_the_rule_takes_large_inputs_and_long_intervals_in_full_precision():
+def test_the_rule_takes_large_inputs_and_long_intervals_in_full_precision(monkeypatch):
     model = MADE(sorted_step.MIN_INPUT_DIM, [8], num_masks=1)
     enough = sorted_step.MIN_STEPS_BETWEEN_SETTLES
     assert sorted_training_applies(model, "fp32", enough)
+    monkeypatch.setenv("MADE_SORTED_STEP", "0")
+    assert not sorted_training_applies(model, "fp32", enough)
+    monkeypatch.delenv("MADE_SORTED_STEP")
     assert not sorted_training_applies(model, "fp32", enough - 1)
     assert not sorted_training_applies(model, "bf16", enough)
     assert not sorted_training_applies(MADE(sorted_step.MIN_INPUT_DIM - 1, [8], num_masks=1), "fp32", enough)
