@@ -114,14 +114,21 @@ def staircases(model: MADE, mask_index: int, blocks: int = BLOCKS) -> tuple[torc
     return order, layers
 
 
+def blocks_of(sorted_weight: torch.Tensor, sorted_bias: torch.Tensor | None, stairs: Staircase) -> BlockedLayer:
+    """A layer whose weight (out, in) and bias (out,) are already in the sorted coordinates of
+    ``stairs``, cut into its row blocks (views: later in-place writes to them show)."""
+    starts, widths = stairs.starts, stairs.widths
+    weights = tuple(sorted_weight[start:end, :width] for start, end, width in zip(starts[:-1], starts[1:], widths, strict=True))
+    return BlockedLayer(starts, widths, weights, None if sorted_bias is None else sorted_bias.unsqueeze(1))
+
+
 def _blocked_layer(masked: torch.Tensor, bias: torch.Tensor | None, stairs: Staircase) -> BlockedLayer:
     """``masked`` (out, in) in the sorted coordinates of ``stairs``, cut into its row blocks."""
     device = masked.device
-    sorted_weight = masked.index_select(0, stairs.row_order.to(device)).index_select(1, stairs.column_order.to(device))
-    starts, widths = stairs.starts, stairs.widths
-    weights = tuple(sorted_weight[start:end, :width] for start, end, width in zip(starts[:-1], starts[1:], widths, strict=True))
-    sorted_bias = None if bias is None else bias.index_select(0, stairs.row_order.to(device)).unsqueeze(1)
-    return BlockedLayer(starts, widths, weights, sorted_bias)
+    rows, columns = stairs.row_order.to(device), stairs.column_order.to(device)
+    return blocks_of(
+        masked.index_select(0, rows).index_select(1, columns), None if bias is None else bias.index_select(0, rows), stairs
+    )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from made_core.allocator import opted_out
-from made_core.blocked import BLOCKS, Staircase, staircases
+from made_core.blocked import BLOCKS, Staircase, blocks_of, staircases
 from made_core.model import MADE, bernoulli_log_likelihood
 from made_core.precision import DEFAULT_PRECISION
 from made_core.steps import FixedMaskStep
@@ -53,16 +53,15 @@ def sorted_training_applies(model: MADE, precision: str, steps_per_settle: int) 
 
 @dataclass(frozen=True)
 class _Block:
-    """Row block ``start:end`` of a sorted layer, which sees its first ``width`` inputs; views of
-    the weight, its gradient and (where the rows' prefixes differ) the gradient's cut corner."""
+    """Row block ``start:end`` of a sorted layer, which sees its first ``width`` (> 0) inputs:
+    views of its weight's transpose, its gradient and (where the rows' prefixes differ) the
+    gradient's cut corner."""
 
     start: int
     end: int
     width: int
-    weight: torch.Tensor  # (end - start, width)
-    weight_t: torch.Tensor
-    gradient: torch.Tensor
-    bias: torch.Tensor | None  # (end - start, 1)
+    weight_t: torch.Tensor  # (width, end - start)
+    gradient: torch.Tensor  # (end - start, width)
     corner: torch.Tensor | None  # the gradient's columns where some rows of the block are cut
     keep: torch.Tensor | None  # 0/1, corner's shape
 
@@ -70,20 +69,19 @@ class _Block:
 class _SortedLayer:
     """A masked layer's sorted weight (its parameter, in sorted coordinates), its gradient buffer,
     and their block views, made once (a step makes about a hundred matmuls and slices otherwise
-    cost a tenth of it). The buffer is zero right of the staircase for good: steps write only the
-    blocks, and zero each block's cut corner."""
+    cost a tenth of it). The forward pass is ``made_core.blocked``'s. The buffer is zero right of
+    the staircase for good: steps write only the blocks, and zero each block's cut corner."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stairs: Staircase) -> None:
-        self.weight, self.bias = weight, bias
+        self.blocked = blocks_of(weight, bias, stairs)
         self.gradient = torch.zeros_like(weight)
-        self.blocks: list[_Block] = []
+        self.in_features = weight.shape[1]
+        self.blocks: list[_Block] = []  # those that see some input: the others have no weight gradient
         prefixes = stairs.prefixes
-        for start, end, width in zip(stairs.starts[:-1], stairs.starts[1:], stairs.widths, strict=True):
-            if end == start or width == 0:
-                if end > start:  # units that see no input: their bias alone (or zero)
-                    self.blocks.append(_Block(start, end, 0, weight[start:end, :0], weight[start:end, :0].t(),
-                                              self.gradient[start:end, :0], None if bias is None else bias[start:end, None],
-                                              None, None))  # fmt: skip
+        for start, end, width, block_weight in zip(
+            stairs.starts[:-1], stairs.starts[1:], stairs.widths, self.blocked.weights, strict=True
+        ):
+            if width == 0:
                 continue
             corner_start = int(prefixes[start])
             corner = keep = None
@@ -91,45 +89,30 @@ class _SortedLayer:
                 corner = self.gradient[start:end, corner_start:width]
                 columns = torch.arange(corner_start, width)
                 keep = (columns.unsqueeze(0) < prefixes[start:end].unsqueeze(1)).to(weight.dtype)
-            block_weight = weight[start:end, :width]
-            self.blocks.append(_Block(start, end, width, block_weight, block_weight.t(), self.gradient[start:end, :width],
-                                      None if bias is None else bias[start:end, None], corner, keep))  # fmt: skip
+            self.blocks.append(_Block(start, end, width, block_weight.t(), self.gradient[start:end, :width], corner, keep))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(out, B) = weight @ inputs (in, B) + bias, block by block."""
-        out = inputs.new_empty(self.weight.shape[0], inputs.shape[1])
-        for block in self.blocks:
-            target = out[block.start : block.end]
-            if block.width == 0:
-                target.copy_(block.bias.expand_as(target)) if block.bias is not None else target.zero_()
-            elif block.bias is not None:
-                torch.addmm(block.bias, block.weight, inputs[: block.width], out=target)
-            else:
-                torch.mm(block.weight, inputs[: block.width], out=target)
-        return out
+        """(out, B) = weight @ inputs (in, B) + bias."""
+        return self.blocked.apply(inputs, inputs.new_empty(self.blocked.out_features, inputs.shape[1]))
 
     def accumulate(self, out: torch.Tensor, inputs: torch.Tensor) -> None:
         """out += weight @ inputs (no bias)."""
-        for block in self.blocks:
-            if block.width:
-                out[block.start : block.end].addmm_(block.weight, inputs[: block.width])
+        self.blocked.apply(inputs, out, accumulate=True)
 
     def weight_gradient(self, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
         """Writes d loss / d weight into ``gradient`` from grad_out (out, B) and the inputs (in, B)."""
         inputs_t = inputs.t()
         for block in self.blocks:
-            if block.width:
-                # beta=0: overwrite the block (a strided view unless it spans every column).
-                block.gradient.addmm_(grad_out[block.start : block.end], inputs_t[:, : block.width], beta=0)
-                if block.corner is not None and block.keep is not None:
-                    block.corner.mul_(block.keep)
+            # beta=0: overwrite the block (a strided view unless it spans every column).
+            block.gradient.addmm_(grad_out[block.start : block.end], inputs_t[:, : block.width], beta=0)
+            if block.corner is not None and block.keep is not None:
+                block.corner.mul_(block.keep)
 
     def input_gradient(self, grad_out: torch.Tensor) -> torch.Tensor:
         """d loss / d inputs (in, B) from grad_out (out, B)."""
-        grad_in = grad_out.new_zeros(self.weight.shape[1], grad_out.shape[1])
+        grad_in = grad_out.new_zeros(self.in_features, grad_out.shape[1])
         for block in self.blocks:
-            if block.width:
-                grad_in[: block.width].addmm_(block.weight_t, grad_out[block.start : block.end])
+            grad_in[: block.width].addmm_(block.weight_t, grad_out[block.start : block.end])
         return grad_in
 
 
