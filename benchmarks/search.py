@@ -168,6 +168,14 @@ def compute_to_reach(curve: Sequence[tuple[float, float]], target: float) -> flo
     return next((compute for compute, best in curve if best <= target), None)
 
 
+def outside_the_best(values: dict[str, float], winner: str, reduction_factor: int) -> bool | None:
+    """Whether the winner's value lies outside the best 1/reduction_factor of ``values`` (ASHA
+    would stop it); None when the winner has no value or too few trials do to judge."""
+    if winner not in values or len(values) < reduction_factor:
+        return None
+    return values[winner] > float(np.quantile(list(values.values()), 1.0 / reduction_factor))
+
+
 def winner_stopped_at(
     histories: dict[str, pd.DataFrame], winner: str, rung_epochs: Sequence[int], reduction_factor: int = 3
 ) -> dict[int, bool]:
@@ -182,10 +190,8 @@ def winner_stopped_at(
             at = history.loc[history["epoch"] == rung, "best_valid_nll"]
             if len(at):
                 values[trial_id] = float(at.iloc[-1])
-        if winner not in values or len(values) < reduction_factor:
-            continue
-        cutoff = float(np.quantile(list(values.values()), 1.0 / reduction_factor))
-        verdicts[rung] = values[winner] > cutoff
+        if (stopped := outside_the_best(values, winner, reduction_factor)) is not None:
+            verdicts[rung] = stopped
     return verdicts
 
 
@@ -212,10 +218,8 @@ def winner_stopped_at_seconds(
             for trial_id, h in clocks.items()
             if h["seconds"].iloc[-1] >= seconds and h["seconds"].iloc[0] <= seconds
         }
-        if winner not in values or len(values) < reduction_factor:
-            continue
-        cutoff = float(np.quantile(list(values.values()), 1.0 / reduction_factor))
-        verdicts[rung] = values[winner] > cutoff
+        if (stopped := outside_the_best(values, winner, reduction_factor)) is not None:
+            verdicts[rung] = stopped
     return verdicts
 
 
