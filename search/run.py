@@ -846,6 +846,9 @@ def execute(args: argparse.Namespace, command: str) -> Any:
     from made_core.data import DatasetError, load_dataset
 
     plan, previous = make_plan(args)
+    from search.tuner import preload_fit_imports
+
+    preload = preload_fit_imports()  # while the data loads and Ray starts
     try:
         data = load_dataset(plan.data_source, data_dir=args.data_dir)
     except DatasetError as error:
@@ -876,6 +879,7 @@ def execute(args: argparse.Namespace, command: str) -> Any:
         if own_ray and args.address is None:
             # A Ray started here has the trial slots it will ever have (a cluster may still grow).
             plan = replace(plan, local_slots=trial_slots(plan.cpus_per_trial, plan.gpus_per_trial, plan.concurrency))
+        preload.join()
         return run_sweep(plan, previous, data, args, command)
     finally:
         if own_ray:

@@ -468,3 +468,15 @@ def test_the_leading_configuration_is_retrained_with_other_seeds_and_the_best_on
     assert sorted(r.trial_id for r in again_retrained) == sorted(r.trial_id for r in retrained)
     again = json.loads((experiment / schema.BEST_FILE).read_text())
     assert (again["trial_id"], again["seed"], again["test_nll"]) == (best["trial_id"], best["seed"], best["test_nll"])
+
+
+def test_fit_start_imports_are_loaded_in_the_background_and_missing_ones_skipped():
+    from search.tuner import FIT_START_IMPORTS, preload_fit_imports
+
+    assert "tensorboardX" in FIT_START_IMPORTS  # Ray Tune's default TensorBoard logger
+    sys.modules.pop("json.tool", None)
+    thread = preload_fit_imports(("made_search_no_such_module", "json.tool"))
+    assert thread.daemon and thread is not threading.current_thread()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert "json.tool" in sys.modules  # the missing module before it did not stop the thread
