@@ -142,6 +142,7 @@ class SweepFigures:
     # Where guidance shows even when the best trial is a matter of luck: the typical trial.
     median_trial_nll: float = math.nan  # median over trials of their best sweep objective
     full_length_share: float = math.nan  # share of trials that ran their course (max epochs or early stopping)
+    slot_time: dict[str, float] | None = None  # experiment.json's slot_time: where the slots' fit time went
 
 
 def slot_use(trial_seconds: float, fit_seconds: float, slots: int) -> float:
@@ -266,6 +267,7 @@ def read_sweep(path: Path, sampler: str, slots: int, grace_period: int, max_epoc
         full_length_share=float(np.mean([ran_its_course(r.last_result, max_epochs) for r in records])) if records else math.nan,
         winner_rungs=winner_stopped_at(histories, str(best["trial_id"]), rungs),
         winner_rungs_by_time=winner_stopped_at_seconds(histories, str(best["trial_id"]), rungs),
+        slot_time=info.get("slot_time"),
     )
 
 
@@ -478,6 +480,25 @@ def winner_rung_lines(sweeps: Sequence[SweepFigures]) -> list[str]:
     return lines
 
 
+def slot_time_lines(rows: Sequence[DatasetRow]) -> list[str]:
+    """Where each sweep's slot time went (``search.timeline``), as shares of its slot-seconds."""
+    from search.timeline import slot_shares
+
+    timed = [(row.dataset, sampler, sweep.slot_time) for row in rows for sampler, sweep in row.sweeps.items() if sweep.slot_time]
+    if not timed:
+        return []
+    lines = ["", "## Where the sweeps' slot time went", "",
+             "Shares of each sweep's slot-seconds (slots x fit time): training (the trials' own clocks: slot use); "
+             "in trials off their clocks (reports, work lost when the budget stopped a trial); idle before the first "
+             "trial ran (Ray Tune starting, trial processes starting), between trials, and after the last one ended.",
+             "", "| dataset | search | training | in trials | before first trial | between trials | after last trial |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for dataset, sampler, parts in timed:
+        shares = slot_shares(parts)
+        lines.append(f"| {dataset} | {sampler} | " + " | ".join(f"{shares[part]:.3f}" for part in shares) + " |")
+    return lines
+
+
 def render_markdown(rows: Sequence[DatasetRow], suite_name: str, suite: Suite, header: dict[str, str]) -> str:
     lines = [
         f"# Search benchmark: suite `{suite_name}`, {suite.budget_seconds / 60:g} min per sweep",
@@ -559,6 +580,7 @@ def render_markdown(rows: Sequence[DatasetRow], suite_name: str, suite: Suite, h
                 f"| {'yes' if sweep.reselected else 'no'} |"
             )
     lines += winner_rung_lines([sweep for row in rows for sweep in row.sweeps.values()])
+    lines += slot_time_lines(rows)
     warm_rows = [row for row in rows if "warm" in row.sweeps]
     if warm_rows:
         lines += ["", "## Warm start from the other datasets' guided sweeps", "",

@@ -86,11 +86,25 @@ class ExperimentRun(TypedDict, total=False):
     provenance: Provenance
 
 
+class SlotTime(TypedDict):
+    """Where the trial slots spent a sweep's fit, in slot-seconds (``search.timeline``): the parts
+    add up to ``fit`` (slots x the fit's wall time)."""
+
+    slots: int
+    fit: float
+    training: float  # on the trials' own clocks (Ray's time_total_s): what slot use counts
+    in_trials: float  # in a running trial off its clock: reports' round trips, work the budget's stop lost
+    before_first: float  # idle before the first trial ran: Ray Tune starting, trial processes starting
+    between: float  # idle between trials
+    after_last: float  # idle after the last trial ended: the budget's end, Ray Tune stopping
+
+
 class ExperimentOptional(TypedDict, total=False):
     """Keys an experiment.json carries only where they apply (EXPERIMENT_OPTIONAL_KEYS)."""
 
     warm_start: dict[str, Any]  # {"sources": [...], "points": [...]}: start points taken from earlier sweeps
     fit_seconds: float  # how long Ray Tune ran the trials (wall time, summed over resumes): slot use's denominator
+    slot_time: SlotTime  # the search's fit when it ran in one go (none after a --resume)
     data_file: str  # an own .npz dataset: its absolute path (``dataset`` is then its stem)
     data_note: str  # free text copied into the best table's `note` column
     true_test_nll: float  # synthetic datasets: exact test NLL of the generating distribution

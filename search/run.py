@@ -678,6 +678,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     )
     from search.provenance import provenance
     from search.reseed import reseed_count, retrain_leader
+    from search.timeline import TrialTimeline, slot_time
     from search.tuner import ProgressPrinter, make_trainable, make_tuner, restore_tuner
 
     started = time.time()
@@ -713,7 +714,12 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     if resuming and not ray.tune.Tuner.can_restore(folder.location):
         logger.info("note: %s has no restorable Ray state yet; starting its sweep afresh", plan.name)
         resuming = False
-    tuner = restore_tuner(folder.location, trainable) if resuming else make_tuner(plan, trainable, progress, experiment_path)
+    timeline = TrialTimeline()  # a restored Tuner keeps its first fit's callbacks: measured on a first fit only
+    tuner = (
+        restore_tuner(folder.location, trainable)
+        if resuming
+        else make_tuner(plan, trainable, [progress, timeline], experiment_path)
+    )
     logger.info(
         "sweep %s: %s of space %r on %s (%d train rows, D=%d), up to %d epochs each; folder %s%s",
         plan.name,
@@ -736,7 +742,8 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         status = "interrupted"
         logger.warning("interrupted: finished trials are kept; continue with --resume")
 
-    fit_seconds = time.time() - fit_started
+    fit_ended = time.time()
+    fit_seconds = fit_ended - fit_started
     records = read_ray_trials(folder.location)
     write_trial_files(experiment_path, records)
     completed = sum(1 for r in records if r.status == "TERMINATED")
@@ -761,6 +768,9 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
             write_trial_files(experiment_path, [*records, *retrained])
         fit_seconds += time.time() - reseed_started
     info = experiment_info(plan, previous, status, started, data, run, len(records), fit_seconds)
+    if not resuming:
+        training = sum(float(r.last_result.get(RAY_TIME_TOTAL, 0.0)) for r in records)
+        info["slot_time"] = slot_time(fit_started, fit_ended, slots, timeline.intervals(fit_ended), training)
     extra: schema.BestOptional = {"true_test_nll": data.true_test_nll} if data.true_test_nll is not None else {}
     model_location = None
     if folder.is_uri:

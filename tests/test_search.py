@@ -58,6 +58,14 @@ def test_sweep_writes_results_and_study(tmp_path, ray_env):
     assert info["status"] == "finished" and info["num_trials"] == 4 and info["wall_seconds"] > 0
     # ISO 8601 UTC strings of one format compare in time order.
     assert info["started_at"] < info["finished_at"]
+    # Where the slots' fit time went: the parts add up, the trials trained, and the slots idled before the first.
+    parts = info["slot_time"]
+    assert set(parts) == set(schema.SlotTime.__annotations__)
+    assert parts["fit"] == pytest.approx(parts["slots"] * info["fit_seconds"], abs=0.5)
+    assert sum(parts[k] for k in ("training", "in_trials", "before_first", "between", "after_last")) == pytest.approx(
+        parts["fit"], abs=0.5
+    )
+    assert parts["training"] > 0 and parts["before_first"] > 0
     # The Optuna study lives in SQLite inside the experiment, readable by optuna-dashboard.
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{experiment / schema.STUDY_FILE}")
     assert len(study.trials) == 4

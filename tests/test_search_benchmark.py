@@ -278,6 +278,11 @@ def test_report_has_the_checks_and_the_reach_fraction():
     row.sweeps["tpe"].median_trial_nll, row.sweeps["tpe"].full_length_share = 10.5, 0.25
     text = render_markdown([row], "smoke", SUITES["smoke"], {"command": "`x`"})
     assert "| synthetic-x | 10.50 | - | 0.25 | - |" in text  # the typical trial; random's figures unknown
+    assert "## Where the sweeps' slot time went" not in text  # no sweep measured it
+    row.sweeps["tpe"].slot_time = {"slots": 2, "fit": 200.0, "training": 180.0, "in_trials": 4.0,
+                                   "before_first": 8.0, "between": 6.0, "after_last": 2.0}  # fmt: skip
+    text = render_markdown([row], "smoke", SUITES["smoke"], {"command": "`x`"})
+    assert "| synthetic-x | tpe | 0.900 | 0.020 | 0.040 | 0.030 | 0.010 |" in text
 
 
 def _saved_run(folder, seed, results, command_seed=False):
@@ -355,6 +360,7 @@ def test_smoke_suite_writes_its_table_csv_and_figure(tmp_path, ray_env):
     assert (tmp_path / "out" / "search_benchmark.png").stat().st_size > 10_000
     assert "baseline single-mask" in run.stdout and "tpe search: test" in run.stdout
     assert "## Synthetic sets: what their training rows allow" in text and "known-structure fit" in run.stdout
+    assert "## Where the sweeps' slot time went" in text and "| synthetic-tiny | random | " in text
     # The report is rebuilt from the run's saved rows alone, the same as written.
     (run_folder,) = (tmp_path / "work").glob("2*")
     rendered = subprocess.run(
