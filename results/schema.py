@@ -118,6 +118,8 @@ EXPERIMENT_KEYS = tuple(ExperimentCore.__annotations__)
 EXPERIMENT_RUN_KEYS = tuple(ExperimentRun.__annotations__)
 EXPERIMENT_OPTIONAL_KEYS = tuple(ExperimentOptional.__annotations__)
 PROVENANCE_KEYS = tuple(Provenance.__annotations__)
+# The parts of a SlotTime, in slot-seconds, that add up to its ``fit``.
+SLOT_TIME_PARTS = tuple(name for name in SlotTime.__annotations__ if name not in ("slots", "fit"))
 
 # A running minimum: Optuna records a trial that ASHA stopped with its last reported value,
 # which must therefore be its best.

@@ -17,7 +17,7 @@ from typing import Any
 
 from ray import tune
 
-from results.schema import SlotTime
+from results.schema import SLOT_TIME_PARTS, SlotTime
 
 
 class TrialTimeline(tune.Callback):
@@ -71,5 +71,4 @@ def slot_time(
 def slot_shares(slot_time: Mapping[str, Any]) -> dict[str, float]:
     """Each part of ``slot_time`` as a share of the fit's slot-seconds."""
     total = float(slot_time["fit"])
-    parts = ("training", "in_trials", "before_first", "between", "after_last")
-    return {part: float(slot_time[part]) / total if total > 0 else float("nan") for part in parts}
+    return {part: float(slot_time[part]) / total if total > 0 else float("nan") for part in SLOT_TIME_PARTS}

@@ -62,9 +62,7 @@ def test_sweep_writes_results_and_study(tmp_path, ray_env):
     parts = info["slot_time"]
     assert set(parts) == set(schema.SlotTime.__annotations__)
     assert parts["fit"] == pytest.approx(parts["slots"] * info["fit_seconds"], abs=0.5)
-    assert sum(parts[k] for k in ("training", "in_trials", "before_first", "between", "after_last")) == pytest.approx(
-        parts["fit"], abs=0.5
-    )
+    assert sum(parts[k] for k in schema.SLOT_TIME_PARTS) == pytest.approx(parts["fit"], abs=0.5)
     assert parts["training"] > 0 and parts["before_first"] > 0
     # The Optuna study lives in SQLite inside the experiment, readable by optuna-dashboard.
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{experiment / schema.STUDY_FILE}")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from results.schema import SLOT_TIME_PARTS
 from search.timeline import TrialTimeline, slot_shares, slot_time
 
 
 def parts_sum(parts):
-    return parts["training"] + parts["in_trials"] + parts["before_first"] + parts["between"] + parts["after_last"]
+    return sum(parts[part] for part in SLOT_TIME_PARTS)
 
 
 def test_idle_slots_before_between_and_after_trials():
