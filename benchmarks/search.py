@@ -460,6 +460,13 @@ def _mark(value: bool | None) -> str:
     return "" if value is None else ("yes" if value else "**no**")
 
 
+def delivered_the_same_model(row: DatasetRow) -> bool:
+    """Whether the guided and the random search chose the same configuration: a shared start point,
+    whose trial is the same run in both sweeps, so the two cannot differ there."""
+    guided, random = row.sweeps.get("tpe"), row.sweeps.get("random")
+    return guided is not None and random is not None and guided.winner_config == random.winner_config
+
+
 def winner_rung_lines(sweeps: Sequence[SweepFigures]) -> list[str]:
     """The section that pools ``winner_rungs`` and ``winner_rungs_by_time`` over ``sweeps``."""
     lines = ["", "## Would ASHA have stopped the final winner?", "",
@@ -534,14 +541,20 @@ def render_markdown(rows: Sequence[DatasetRow], suite_name: str, suite: Suite, h
     lines += ["", "## Checks", "", "| dataset | beats random | beats baseline | within 1% of true NLL | reach ≤ 0.5 "
               "| slot use ≥ 0.9 |", "|---|---|---|---|---|---|"]  # fmt: skip
     totals: dict[str, list[bool]] = {}
+    ties = 0
     for row in rows:
         checks = verdicts(row)
         for key, value in checks.items():
             if value is not None:
                 totals.setdefault(key, []).append(value)
-        lines.append(f"| {row.dataset} | " + " | ".join(_mark(v) for v in checks.values()) + " |")
-    lines.append("| **passed** | " + " | ".join(f"{sum(v)}/{len(v)}" if (v := totals.get(k)) else "" for k in
-                                                 verdicts(rows[0]).keys()) + " |")  # fmt: skip
+        marks = {key: _mark(value) for key, value in checks.items()}
+        if checks["beats_random"] is False and delivered_the_same_model(row):
+            marks["beats_random"], ties = "**no**: the same model", ties + 1
+        lines.append(f"| {row.dataset} | " + " | ".join(marks.values()) + " |")
+    passed = {key: f"{sum(v)}/{len(v)}" if (v := totals.get(key)) else "" for key in verdicts(rows[0])}
+    if ties:
+        passed["beats_random"] += f" ({ties} the same model)"
+    lines.append("| **passed** | " + " | ".join(passed.values()) + " |")
     synthetic = [row for row in rows if row.reference == "true NLL"]
     if synthetic:
         lines += ["", "## Synthetic sets: what their training rows allow", "",

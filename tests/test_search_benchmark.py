@@ -26,6 +26,7 @@ from benchmarks.search import (
     best_so_far,
     combine_runs,
     compute_to_reach,
+    delivered_the_same_model,
     ran_its_course,
     render_markdown,
     slot_use,
@@ -278,6 +279,18 @@ def test_report_has_the_checks_and_the_reach_fraction():
     row.sweeps["tpe"].median_trial_nll, row.sweeps["tpe"].full_length_share = 10.5, 0.25
     text = render_markdown([row], "smoke", SUITES["smoke"], {"command": "`x`"})
     assert "| synthetic-x | 10.50 | - | 0.25 | - |" in text  # the typical trial; random's figures unknown
+
+
+def test_checks_say_when_guided_and_random_delivered_the_same_model():
+    row = DatasetRow("synthetic-x", 20, 1000, "true NLL", 10.0, {},
+                     {"tpe": _sweep("tpe", 10.2, [(100.0, 10.2)]), "random": _sweep("random", 10.2, [(100.0, 10.2)])})  # fmt: skip
+    assert delivered_the_same_model(row) and verdicts(row)["beats_random"] is False
+    text = render_markdown([row], "smoke", SUITES["smoke"], {"command": "`x`"})
+    assert "| synthetic-x | **no**: the same model |" in text and "| **passed** | 0/1 (1 the same model) |" in text
+    row.sweeps["random"].winner_config = {"hidden_units": 250}
+    assert not delivered_the_same_model(row)
+    text = render_markdown([row], "smoke", SUITES["smoke"], {"command": "`x`"})
+    assert "| synthetic-x | **no** |" in text and "| **passed** | 0/1 |" in text
     assert "## Where the sweeps' slot time went" not in text  # no sweep measured it
     row.sweeps["tpe"].slot_time = {"slots": 2, "fit": 200.0, "training": 180.0, "in_trials": 4.0,
                                    "before_first": 8.0, "between": 6.0, "after_last": 2.0}  # fmt: skip
