@@ -279,6 +279,11 @@ def test_report_has_the_checks_and_the_reach_fraction():
     row.sweeps["tpe"].median_trial_nll, row.sweeps["tpe"].full_length_share = 10.5, 0.25
     text = render_markdown([row], "smoke", SUITES["smoke"], {"command": "`x`"})
     assert "| synthetic-x | 10.50 | - | 0.25 | - |" in text  # the typical trial; random's figures unknown
+    assert "## Where the sweeps' slot time went" not in text  # no sweep measured it
+    row.sweeps["tpe"].slot_time = {"slots": 2, "fit": 200.0, "training": 180.0, "in_trials": 4.0,
+                                   "before_first": 8.0, "between": 6.0, "after_last": 2.0}  # fmt: skip
+    text = render_markdown([row], "smoke", SUITES["smoke"], {"command": "`x`"})
+    assert "| synthetic-x | tpe | 0.900 | 0.020 | 0.040 | 0.030 | 0.010 |" in text
 
 
 def test_checks_say_when_guided_and_random_delivered_the_same_model():
@@ -291,11 +296,6 @@ def test_checks_say_when_guided_and_random_delivered_the_same_model():
     assert not delivered_the_same_model(row)
     text = render_markdown([row], "smoke", SUITES["smoke"], {"command": "`x`"})
     assert "| synthetic-x | **no** |" in text and "| **passed** | 0/1 |" in text
-    assert "## Where the sweeps' slot time went" not in text  # no sweep measured it
-    row.sweeps["tpe"].slot_time = {"slots": 2, "fit": 200.0, "training": 180.0, "in_trials": 4.0,
-                                   "before_first": 8.0, "between": 6.0, "after_last": 2.0}  # fmt: skip
-    text = render_markdown([row], "smoke", SUITES["smoke"], {"command": "`x`"})
-    assert "| synthetic-x | tpe | 0.900 | 0.020 | 0.040 | 0.030 | 0.010 |" in text
 
 
 def _saved_run(folder, seed, results, command_seed=False):
