@@ -150,8 +150,12 @@ def test_default_space_is_cpu_sized_and_mnist_drops_narrow_nets():
     assert [(point["hidden_units"], point["num_masks"]) for point in space.start_points("dna")] == [(500, 32), (1000, 8)]
     from made_core.hyperparameters import DEFAULTS
 
-    # The library's defaults, wider (results/ablation_width.md).
-    assert {**space.start_points("dna")[1], "hidden_units": DEFAULTS["hidden_units"]}.items() <= DEFAULTS.items()
+    # The library's defaults, wider (results/ablation_width.md), with weight decay 1e-4
+    # (results/ablation_start_point_depth_wd.md).
+    wide = space.start_points("dna")[1]
+    assert (wide["hidden_units"], wide["weight_decay"]) == (1000, 1e-4)
+    as_defaults = {**wide, "hidden_units": DEFAULTS["hidden_units"], "weight_decay": DEFAULTS["weight_decay"]}
+    assert as_defaults.items() <= DEFAULTS.items()
     assert 0.0 in dna.searched["weight_decay"].domain.values  # no weight decay is possible
     assert space.distributions("mnist")["hidden_units"] != space.distributions("dna")["hidden_units"]
     assert space.layout("binarized_mnist") == mnist  # both names of MNIST

@@ -47,8 +47,10 @@ def test_best_per_dataset_interleaved_and_deduplicated(tmp_path):
     storage = tmp_path / "runs"
     _experiment(storage / "a", "dna", [_trial(80.0, 250), _trial(79.0, 750), _trial(81.0, 1000), _trial(float("nan"), 500)])
     _experiment(storage / "b", "mnist", [_trial(90.0, 750), _trial(89.0, 500, 8)])
-    # The same configuration as dna's best, and the space's own start point (the library's defaults, 1000 wide): both dropped.
-    _experiment(storage / "c", "adult", [_trial(13.0, 750), {**_trial(12.0, 1000, 8), "ordering": "agnostic"}])
+    # The same configuration as dna's best, and the space's own start point (the library's defaults, 1000 wide,
+    # weight decay 1e-4): both dropped.
+    start = {**_trial(12.0, 1000, 8), "ordering": "agnostic", "weight_decay": 1e-4}
+    _experiment(storage / "c", "adult", [_trial(13.0, 750), start])
     frames = read_source(storage)
     assert [frame["dataset"].iloc[0] for frame in frames] == ["adult", "dna", "mnist"]
     points = warm_start_points([storage], DEFAULT, "synthetic-bn-100", count=2)
