@@ -81,8 +81,8 @@ DEFAULT: dict[str, Any] = {
     # search benchmark (results/search_benchmark.md, "Baselines"), but 1000 units wide: better
     # than 500 on 6 of the 7 sets, equal on the 7th (results/ablation_width.md); the 32-mask
     # point stays at 500, where 1000 lost 1 nat on dna. The 1000-unit point has weight decay
-    # 1e-4: over 3 seeds lower on 5 of the 7 sets every time (by 0.01-0.16), level on the other
-    # two (results/ablation_start_point_depth_wd.md).
+    # 1e-4: over 3 seeds lower on 5 of the 7 sets at every seed (by 0.002-0.16), level on the
+    # other two on average (results/ablation_start_point_depth_wd.md).
     "start": [
         {**LIBRARY_DEFAULTS_START, "num_masks": 32, "learning_rate": 3.0e-3},
         {**LIBRARY_DEFAULTS_START, "hidden_units": 1000, "weight_decay": 1.0e-4},
