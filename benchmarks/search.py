@@ -143,6 +143,8 @@ class SweepFigures:
     median_trial_nll: float = math.nan  # median over trials of their best sweep objective
     full_length_share: float = math.nan  # share of trials that ran their course (max epochs or early stopping)
     slot_time: dict[str, float] | None = None  # experiment.json's slot_time: where the slots' fit time went
+    mixture_test_nll: float = math.nan  # best.json's mixture of the finalists (NaN: none written)
+    mixture_models: int = 0  # how many models it mixes
 
 
 def slot_use(trial_seconds: float, fit_seconds: float, slots: int) -> float:
@@ -268,6 +270,8 @@ def read_sweep(path: Path, sampler: str, slots: int, grace_period: int, max_epoc
         winner_rungs=winner_stopped_at(histories, str(best["trial_id"]), rungs),
         winner_rungs_by_time=winner_stopped_at_seconds(histories, str(best["trial_id"]), rungs),
         slot_time=info.get("slot_time"),
+        mixture_test_nll=float(best["mixture"]["test_nll"]) if "mixture" in best else math.nan,
+        mixture_models=len(best["mixture"]["models"]) if "mixture" in best else 0,
     )
 
 
@@ -584,13 +588,17 @@ def render_markdown(rows: Sequence[DatasetRow], suite_name: str, suite: Suite, h
             lines.append(f"| {row.dataset} | {_nll(guided.median_trial_nll)} | {_nll(random.median_trial_nll)} "
                          f"| {_share(guided.full_length_share)} | {_share(random.full_length_share)} |")  # fmt: skip
     lines += ["", "## Objective: what the sweep said of its winner, and the delivered model", "",
-              "| dataset | search | sweep objective | valid NLL, test-time ensemble | test NLL | re-selection changed the pick |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+              "*Mixture*: the finalists and retrainings mixed with weights chosen on validation (best.json's "
+              "`mixture`), its test NLL and how many models it mixes.", "",
+              "| dataset | search | sweep objective | valid NLL, test-time ensemble | test NLL | re-selection changed the pick "
+              "| mixture: test NLL (models) |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
         for sampler, sweep in row.sweeps.items():
+            mixture = f"{sweep.mixture_test_nll:.2f} ({sweep.mixture_models})" if sweep.mixture_models else "-"
             lines.append(
                 f"| {row.dataset} | {sampler} | {sweep.sweep_valid_nll:.2f} | {sweep.valid_nll:.2f} | {sweep.test_nll:.2f} "
-                f"| {'yes' if sweep.reselected else 'no'} |"
+                f"| {'yes' if sweep.reselected else 'no'} | {mixture} |"
             )
     lines += winner_rung_lines([sweep for row in rows for sweep in row.sweeps.values()])
     lines += slot_time_lines(rows)

@@ -15,6 +15,7 @@ _HOME = {
     "NLL": "evaluate", "evaluate_nll": "evaluate",
     "MASK_SAMPLING": "hyperparameters", "ORDERINGS": "hyperparameters", "make_masks": "masks",
     "MADE": "model", "load_model": "model", "save_model": "model",
+    "MADEMixture": "mixture", "load_mixture": "mixture", "save_mixture": "mixture",
     "EpochResult": "train", "Trainer": "train", "TrainConfig": "config", "CheckpointError": "files",
 }  # fmt: skip
 

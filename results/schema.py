@@ -18,6 +18,7 @@ files it holds:
   trial's hyperparameters; ``checkpoint_path`` is a folder holding ``model.pt`` that
   ``made_core.load_model`` reads.
 - ``best_model/`` (BEST_MODEL_FOLDER): that folder.
+- ``best_mixture/`` (BEST_MIXTURE_FOLDER): the finalists' mixture, ``made_core.load_mixture`` reads it.
 - ``study.db``: the Optuna study (SQLite) unless another URL was given.
 
 The key and column tuples are derived from the types, so a key is declared once. Readers
@@ -34,6 +35,7 @@ CURVES_FILE = "curves.csv"
 BEST_FILE = "best.json"
 STUDY_FILE = "study.db"
 BEST_MODEL_FOLDER = "best_model"  # the best trial's model (made_core.save_model), written beside best.json
+BEST_MIXTURE_FOLDER = "best_mixture"  # the finalists' mixture (made_core.save_mixture), written beside best.json
 # Ray Tune's experiment of the leading configuration retrained with other seeds (--reseeds), inside the experiment folder.
 RESEEDS_FOLDER = "reseeds"
 # The config key under which a retrained trial carries its seed (the sweep's trials use experiment.json's seed).
@@ -212,6 +214,10 @@ class BestOptional(TypedDict, total=False):
     # The leading finalist and its retrainings with other seeds (--reseeds; empty without), each
     # evaluated like a finalist; the one with the lowest validation NLL is the chosen model.
     reseeds: list[dict[str, Any]]  # [{"trial_id", "seed", "sweep_valid_nll", "valid_nll", "test_masks"}, ...]
+    # The finalists and retrainings mixed in probability space, weights chosen on validation
+    # (made_core.mixture), tested once: {"models": [{..., "weight"}, ...], "valid_nll", "test_nll",
+    # "test_nll_stderr", "path"} (path: the BEST_MIXTURE_FOLDER).
+    mixture: dict[str, Any]
 
 
 class BestTrial(BestCore, BestOptional):

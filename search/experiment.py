@@ -3,7 +3,8 @@
 After the sweep (or after an interrupted one) the driver reads the experiment back with
 Ray's ``ExperimentAnalysis``, writes ``trials.csv`` and ``curves.csv``, picks the best
 trial by validation NLL (never by test NLL), evaluates it once on the test set with its
-mask ensemble and writes ``best.json`` and the best model.
+mask ensemble and writes ``best.json`` and the best model; and the mixture of the finalists
+chosen on validation (``made_core.mixture``), also tested once.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from made_core.ensembles import choose_test_masks
-from made_core.evaluate import evaluate_nll
+from made_core.evaluate import example_log_probs, nll_of
 from made_core.hyperparameters import capped_ensemble_size
+from made_core.mixture import MADEMixture, mixture_log_prob, save_mixture, select_weights
 from made_core.model import save_model
 from made_core.train import load_best_model
 from results import schema
@@ -248,6 +250,7 @@ def evaluate_best(
     *,
     checkpoint_path: str | None = None,
     reseeded: list[Finalist] | None = None,
+    valid_data: np.ndarray | None = None,
 ) -> schema.BestTrial | None:
     """Evaluate the chosen model once on the test set; write best_model/ and best.json. Returns best.json's data.
 
@@ -258,6 +261,10 @@ def evaluate_best(
     best.json's ``valid_nll`` is the chosen model's validation NLL with that ensemble, so it
     and ``test_nll`` describe the same model; the sweep's figure is kept as ``sweep_valid_nll``.
 
+    With ``valid_data``, the finalists and retrainings are also mixed (``made_core.mixture``: weights
+    chosen on validation by greedy forward selection, starting from the chosen model), the mixture is
+    tested once and written to best_mixture/, and best.json's ``mixture`` describes it.
+
     ``experiment_path`` is the local folder written to. best.json's ``checkpoint_path`` is the
     absolute best_model/ folder unless ``checkpoint_path`` is given (URI storage: the path
     relative to the experiment folder). None when there is no finalist.
@@ -267,7 +274,8 @@ def evaluate_best(
     candidates = [ranked[0], *(reseeded or [])]
     chosen = min(candidates, key=lambda f: f.valid_nll)  # the leader wins ties
     best, model, ensemble = chosen.record, chosen.model, chosen.ensemble
-    test = evaluate_nll(model, test_data, n_masks=ensemble.masks)
+    chosen_test_log_probs = example_log_probs(model, test_data, ensemble.masks)
+    test = nll_of(chosen_test_log_probs)
     model_folder = experiment_path / schema.BEST_MODEL_FOLDER
     save_model(model, model_folder)
     summary: schema.BestTrial = {
@@ -287,6 +295,39 @@ def evaluate_best(
         "seed": chosen.seed,
         "reseeds": [candidate.summary() for candidate in candidates] if reseeded else [],
     }
+    if valid_data is not None:
+        pool = [chosen, *(f for f in [*ranked, *(reseeded or [])] if f is not chosen)]
+        mixture = mix_finalists(experiment_path, pool, valid_data, test_data, chosen_test_log_probs)
+        # Named like the model: relative to the experiment folder when checkpoint_path is (URI storage).
+        mixture["path"] = schema.BEST_MIXTURE_FOLDER if checkpoint_path else str(experiment_path / schema.BEST_MIXTURE_FOLDER)
+        summary["mixture"] = mixture
     summary.update(extra or {})
     write_json(experiment_path / schema.BEST_FILE, summary)
     return summary
+
+
+def mix_finalists(
+    experiment_path: Path, pool: list[Finalist], valid_data: np.ndarray, test_data: np.ndarray, first_test_log_probs: Any
+) -> dict[str, Any]:
+    """Mix ``pool`` (the chosen model first, whose test log-probabilities are given) with weights
+    chosen on validation; test the mixture once; write it to best_mixture/. Returns best.json's
+    ``mixture`` but its ``path``: the models with their weights, the mixture's validation and test NLL."""
+    import torch
+
+    valid = torch.stack([example_log_probs(f.model, valid_data, f.ensemble.masks) for f in pool])
+    weights = select_weights(valid)
+    used = [i for i in range(len(pool)) if weights[i] > 0]
+    test_by_model = [first_test_log_probs if i == 0 else example_log_probs(pool[i].model, test_data, pool[i].ensemble.masks)
+                     for i in used]  # fmt: skip
+    mixture = MADEMixture(
+        tuple(pool[i].model for i in used), tuple(pool[i].ensemble.masks for i in used), tuple(float(weights[i]) for i in used)
+    )
+    valid_nll = nll_of(mixture_log_prob(valid, weights))
+    test = nll_of(mixture_log_prob(torch.stack(test_by_model), weights[used]))
+    save_mixture(mixture, experiment_path / schema.BEST_MIXTURE_FOLDER)
+    return {
+        "models": [{**pool[i].summary(), "weight": float(weights[i])} for i in used],
+        "valid_nll": valid_nll.mean,
+        "test_nll": test.mean,
+        "test_nll_stderr": test.stderr,
+    }

@@ -178,9 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--finalists",
         type=int,
-        default=3,
+        default=8,
         help="top trials by the sweep's objective re-evaluated on validation with their test-time ensembles; "
-        "the best of them is tested (1: the top trial as is)",
+        "the best of them is tested (1: the top trial as is), and their mixture weighted on validation too",
     )
     add(
         "--reseeds",
@@ -779,10 +779,14 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         model_location = schema.BEST_MODEL_FOLDER
         extra["checkpoint_uri"] = folder.remote(schema.BEST_MODEL_FOLDER)
     best = evaluate_best(
-        experiment_path, ranked, plan.dataset, data.test, extra, checkpoint_path=model_location, reseeded=reseeded
-    )
+        experiment_path, ranked, plan.dataset, data.test, extra, checkpoint_path=model_location, reseeded=reseeded,
+        valid_data=data.valid,
+    )  # fmt: skip
     write_json(marker, info)
-    folder.publish(schema.TRIALS_FILE, schema.CURVES_FILE, schema.BEST_MODEL_FOLDER, schema.BEST_FILE, schema.EXPERIMENT_FILE)
+    folder.publish(
+        schema.TRIALS_FILE, schema.CURVES_FILE, schema.BEST_MODEL_FOLDER, schema.BEST_MIXTURE_FOLDER, schema.BEST_FILE,
+        schema.EXPERIMENT_FILE,
+    )  # fmt: skip
     if folder.is_uri and study_file is not None:
         folder.publish_sqlite(study_file, schema.STUDY_FILE)
     failed = sum(1 for r in records if r.status == "ERROR")
@@ -801,6 +805,12 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     if best.get("reseeds"):
         by_seed = ", ".join(f"seed {r['seed']} {r['valid_nll']:.3f}" for r in best.get("reseeds", []))
         choice += f"\n  retrained with other seeds, chosen by validation NLL with its test ensemble: {by_seed}; chose seed {best['seed']}"
+    if mixture := best.get("mixture"):
+        parts = ", ".join(f"{m['trial_id']} (seed {m['seed']}) {m['weight']:.2f}" for m in mixture["models"])
+        choice += (
+            f"\n  mixture of the finalists, weights chosen on validation: {parts}; valid NLL {mixture['valid_nll']:.3f}, "
+            f"test NLL {mixture['test_nll']:.3f} ± {mixture['test_nll_stderr']:.3f} ({folder.remote(schema.BEST_MIXTURE_FOLDER)})"
+        )
     logger.info(
         "best trial %s (sweep valid NLL %.3f): with %d mask%s, valid NLL %.3f, test NLL %.3f ± %.3f%s\n  config: %s\n  written: %s",
         best["trial_id"],

@@ -113,10 +113,15 @@ def test_experiment_folder_written_is_the_schema_and_reads_back(trial, tiny, tmp
     write_json(folder / schema.EXPERIMENT_FILE, finished)
     write_trial_files(folder, [trial])
     extra: schema.BestOptional = {"true_test_nll": float(tiny.true_test_nll), "checkpoint_uri": "s3://bucket/runs/exp/best_model"}
-    best = evaluate_best(folder, reselect([trial], tiny.valid, None, 3, plan.seed), plan.dataset, tiny.test, extra)
+    ranked = reselect([trial], tiny.valid, None, 3, plan.seed)
+    best = evaluate_best(folder, ranked, plan.dataset, tiny.test, extra, valid_data=tiny.valid)
     assert best is not None
     assert set(best) == {*schema.BEST_KEYS, *schema.BEST_OPTIONAL_KEYS}
     assert Path(best["checkpoint_path"]) == folder / schema.BEST_MODEL_FOLDER and (folder / schema.BEST_MODEL_FOLDER).is_dir()
+    # One finalist: its mixture is that model alone, with the same figures.
+    assert [m["weight"] for m in best["mixture"]["models"]] == [1.0]
+    assert best["mixture"]["test_nll"] == pytest.approx(best["test_nll"])
+    assert Path(best["mixture"]["path"]) == folder / schema.BEST_MIXTURE_FOLDER
 
     experiment = read_experiment(folder)
     assert (
@@ -150,6 +155,31 @@ def test_the_final_pick_is_the_best_finalist_on_validation_with_its_test_ensembl
     assert best["finalists"][1]["sweep_valid_nll"] == pytest.approx(trial.best_valid_nll - 1.0)
     only_top = evaluate_best(tmp_path / "exp1", reselect([early, trial], tiny.valid, None, 1, 0), "synthetic-tiny", tiny.test)
     assert only_top is not None and only_top["trial_id"] == "early"
+
+
+def test_the_finalists_mixture_is_chosen_on_validation_tested_once_and_loads_back(trial, tiny, tmp_path):
+    from dataclasses import replace
+
+    from made_core.evaluate import nll_of
+    from made_core.mixture import load_mixture
+
+    early = replace(
+        trial, trial_id="early", checkpoint=tune.Checkpoint.from_directory(str(tmp_path / "trial" / "checkpoint_000000"))
+    )
+    ranked = reselect([early, trial], tiny.valid, None, 3, 0)
+    best = evaluate_best(tmp_path / "exp", ranked, "synthetic-tiny", tiny.test, valid_data=tiny.valid)
+    assert best is not None
+    mixture = best["mixture"]
+    assert mixture["models"][0]["trial_id"] == best["trial_id"]  # selection starts from the chosen model
+    assert sum(m["weight"] for m in mixture["models"]) == pytest.approx(1.0)
+    assert mixture["valid_nll"] <= best["valid_nll"] + 1e-9  # never worse than the chosen model on validation
+    loaded = load_mixture(mixture["path"])
+    assert list(loaded.weights) == pytest.approx([m["weight"] for m in mixture["models"]])
+    assert nll_of(loaded.log_prob(tiny.test)).mean == pytest.approx(mixture["test_nll"], rel=1e-6)
+    assert nll_of(loaded.log_prob(tiny.valid)).mean == pytest.approx(mixture["valid_nll"], rel=1e-6)
+    # Without validation data there is nothing to choose weights on: no mixture.
+    plain = evaluate_best(tmp_path / "exp1", ranked, "synthetic-tiny", tiny.test)
+    assert plain is not None and "mixture" not in plain and not (tmp_path / "exp1" / schema.BEST_MIXTURE_FOLDER).exists()
 
 
 def test_a_retraining_with_another_seed_is_chosen_only_when_it_validates_better(trial, tiny, tmp_path):
