@@ -36,7 +36,9 @@ class SweepResult:
     NLLs are nats per example; ``valid_nll`` uses the same test-time ensemble (``test_masks``)
     as ``test_nll``. ``path`` is the experiment folder (a local path or a URI); ``trials`` is
     its trials.csv as a DataFrame; ``tables_dir`` the aggregated tables refreshed (None when
-    not refreshed).
+    not refreshed). ``mixture``: best.json's mixture of the finalists (its models and weights,
+    ``valid_nll``, ``test_nll``, ``test_nll_stderr``, and ``path``, which ``made_core.load_mixture``
+    reads), beside the single chosen model the other fields describe.
     """
 
     experiment: str
@@ -52,6 +54,7 @@ class SweepResult:
     seed: int  # the chosen model's training seed (the sweep's, or a retraining's: --reseeds)
     trials: pd.DataFrame
     tables_dir: Path | None
+    mixture: dict[str, Any] | None = None
 
 
 def sweep(dataset: str, *, config: str | Path | None = None, **settings: Any) -> SweepResult:

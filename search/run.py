@@ -856,6 +856,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         seed=int(best.get("seed", plan.seed)),
         trials=trials_table([*records, *retrained]),  # trials.csv
         tables_dir=tables_dir,
+        mixture=best.get("mixture"),
     )
 
 

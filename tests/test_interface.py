@@ -168,6 +168,7 @@ def test_notebook_example_runs(tmp_path, ray_env):
     assert isinstance(result, SweepResult) and result.status == "finished" and result.dataset == "synthetic-tiny"
     assert len(result.trials) == 2 and {"trial_id", "status", "best_valid_nll"} <= set(result.trials.columns)
     assert result.test_nll_stderr > 0 and result.test_masks >= 1 and set(result.best_config) >= {"num_masks", "ordering"}
+    assert result.mixture is not None and result.mixture["valid_nll"] <= result.valid_nll + 1e-9
     experiment = Path(result.path)
     assert experiment.parent == tmp_path / "runs"
     info = json.loads((experiment / schema.EXPERIMENT_FILE).read_text())

@@ -54,6 +54,15 @@ def test_sweep_writes_results_and_study(tmp_path, ray_env):
     assert best["true_test_nll"] < best["test_nll"] + 3 * best["test_nll_stderr"]
     assert (Path(best["checkpoint_path"]) / "model.pt").exists()
     assert best["seed"] == 3 and best["reseeds"] == [] and not (experiment / schema.RESEEDS_FOLDER).exists()  # no budget
+    # The finalists' mixture: chosen on validation, never worse there than the chosen model, loadable.
+    mixture = best["mixture"]
+    assert len(best["finalists"]) == 4 and 1 <= len(mixture["models"]) <= 4
+    assert mixture["models"][0]["trial_id"] == best["trial_id"] and mixture["valid_nll"] <= best["valid_nll"] + 1e-9
+    assert sum(m["weight"] for m in mixture["models"]) == pytest.approx(1.0) and math.isfinite(mixture["test_nll"])
+    assert (
+        Path(mixture["path"]) == experiment / schema.BEST_MIXTURE_FOLDER
+        and (experiment / schema.BEST_MIXTURE_FOLDER / "mixture.json").exists()
+    )
     info = json.loads((experiment / schema.EXPERIMENT_FILE).read_text())
     assert info["status"] == "finished" and info["num_trials"] == 4 and info["wall_seconds"] > 0
     # ISO 8601 UTC strings of one format compare in time order.
