@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = dataset_source(before["dataset"], run, args.data_dir)
             data = load_dataset(source, data_dir=args.data_dir, download=False, progress=False)
             ranked = reselect(read_ray_trials(path), data.valid, None, args.finalists, int(info.get("seed", 0)))
-            now = evaluate_best(Path(scratch) / path.name, ranked, before["dataset"], data.test, valid_data=data.valid)
+            now = evaluate_best(Path(scratch) / path.name, ranked, before["dataset"], data.test, mix=True)
             assert now is not None
             mixture = now["mixture"]
             row = (f"| {path.name} | {before['test_nll']:.3f} | {now['test_nll']:.3f} | {mixture['valid_nll']:.3f} "

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from made_core.evaluate import NLL, ensemble_nlls
+from made_core.evaluate import NLL, ensemble_log_probs, nll_of
 from made_core.hyperparameters import MASK_SAMPLING, ensemble_size_allowed
 from made_core.model import MADE
 
@@ -38,6 +38,7 @@ class TestEnsemble:
     masks: int
     valid: NLL  # the validation NLL with ``masks`` masks
     valid_by_size: dict[int, float]  # every ensemble size evaluated on validation -> its NLL
+    valid_log_probs: torch.Tensor  # (N,) float64: each validation row's log p(x) with ``masks`` masks
 
 
 def choose_test_masks(
@@ -52,9 +53,10 @@ def choose_test_masks(
         sizes: tuple[int, ...] = (requested,)
     else:
         sizes = SAMPLING_TEST_MASK_CHOICES if num_masks == MASK_SAMPLING else (num_masks,)
-    by_size = ensemble_nlls(model, valid_rows, sizes, batch_size)
+    log_probs = ensemble_log_probs(model, valid_rows, sizes, batch_size)
+    by_size = {size: nll_of(rows) for size, rows in log_probs.items()}
     masks = min(by_size, key=lambda size: (by_size[size].mean if math.isfinite(by_size[size].mean) else math.inf, size))
-    return TestEnsemble(masks, by_size[masks], {size: nll.mean for size, nll in by_size.items()})
+    return TestEnsemble(masks, by_size[masks], {size: nll.mean for size, nll in by_size.items()}, log_probs[masks])
 
 
 def ensemble_size_curve(per_mask: torch.Tensor) -> dict[int, float]:

@@ -91,9 +91,17 @@ def evaluate_nll(model: MADE, data: np.ndarray | torch.Tensor, n_masks: int = 1,
     return nll_of(example_log_probs(model, data, n_masks, batch_size))
 
 
-def ensemble_nlls(model: MADE, data: np.ndarray | torch.Tensor, sizes: Sequence[int], batch_size: int = 1000) -> dict[int, NLL]:
-    """The NLL of every ensemble size in ``sizes`` (masks 0..K-1 each), from one pass over max(sizes) masks."""
+def ensemble_log_probs(
+    model: MADE, data: np.ndarray | torch.Tensor, sizes: Sequence[int], batch_size: int = 1000
+) -> dict[int, torch.Tensor]:
+    """(N,) float64 log p(x) per row for every ensemble size in ``sizes`` (masks 0..K-1 each), from
+    one pass over max(sizes) masks."""
     if not sizes:
-        raise ValueError("ensemble_nlls needs at least one ensemble size")
+        raise ValueError("an ensemble evaluation needs at least one ensemble size")
     per_mask = mask_log_probs(model, data, max(sizes), batch_size)
-    return {size: nll_of(_ensembled(per_mask[:size])) for size in sorted(set(sizes))}
+    return {size: _ensembled(per_mask[:size]) for size in sorted(set(sizes))}
+
+
+def ensemble_nlls(model: MADE, data: np.ndarray | torch.Tensor, sizes: Sequence[int], batch_size: int = 1000) -> dict[int, NLL]:
+    """The NLL of every ensemble size in ``sizes`` (``ensemble_log_probs``)."""
+    return {size: nll_of(log_probs) for size, log_probs in ensemble_log_probs(model, data, sizes, batch_size).items()}

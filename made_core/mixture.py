@@ -45,7 +45,7 @@ def select_weights(valid_log_probs: torch.Tensor, max_rounds: int = MAX_SELECTIO
         raise ValueError("select_weights needs at least one model")
     single = -per_model.mean(dim=1)
     counts = torch.zeros(count, dtype=torch.float64)
-    counts[int(torch.argmin(torch.nan_to_num(single, nan=torch.inf)))] = 1.0
+    counts[int(torch.argmin(single))] = 1.0
     best = -mixture_log_prob(per_model, counts).mean().item()
     for _ in range(max_rounds - 1):
         scores = []

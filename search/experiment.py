@@ -250,7 +250,7 @@ def evaluate_best(
     *,
     checkpoint_path: str | None = None,
     reseeded: list[Finalist] | None = None,
-    valid_data: np.ndarray | None = None,
+    mix: bool = False,
 ) -> schema.BestTrial | None:
     """Evaluate the chosen model once on the test set; write best_model/ and best.json. Returns best.json's data.
 
@@ -261,7 +261,7 @@ def evaluate_best(
     best.json's ``valid_nll`` is the chosen model's validation NLL with that ensemble, so it
     and ``test_nll`` describe the same model; the sweep's figure is kept as ``sweep_valid_nll``.
 
-    With ``valid_data``, the finalists and retrainings are also mixed (``made_core.mixture``: weights
+    With ``mix``, the finalists and retrainings are also mixed (``made_core.mixture``: weights
     chosen on validation by greedy forward selection, starting from the chosen model), the mixture is
     tested once and written to best_mixture/, and best.json's ``mixture`` describes it.
 
@@ -295,9 +295,9 @@ def evaluate_best(
         "seed": chosen.seed,
         "reseeds": [candidate.summary() for candidate in candidates] if reseeded else [],
     }
-    if valid_data is not None:
+    if mix:
         pool = [chosen, *(f for f in [*ranked, *(reseeded or [])] if f is not chosen)]
-        mixture = mix_finalists(experiment_path, pool, valid_data, test_data, chosen_test_log_probs)
+        mixture = mix_finalists(experiment_path, pool, test_data, chosen_test_log_probs)
         # Named like the model: relative to the experiment folder when checkpoint_path is (URI storage).
         mixture["path"] = schema.BEST_MIXTURE_FOLDER if checkpoint_path else str(experiment_path / schema.BEST_MIXTURE_FOLDER)
         summary["mixture"] = mixture
@@ -307,14 +307,14 @@ def evaluate_best(
 
 
 def mix_finalists(
-    experiment_path: Path, pool: list[Finalist], valid_data: np.ndarray, test_data: np.ndarray, first_test_log_probs: Any
+    experiment_path: Path, pool: list[Finalist], test_data: np.ndarray, first_test_log_probs: Any
 ) -> dict[str, Any]:
     """Mix ``pool`` (the chosen model first, whose test log-probabilities are given) with weights
     chosen on validation; test the mixture once; write it to best_mixture/. Returns best.json's
     ``mixture`` but its ``path``: the models with their weights, the mixture's validation and test NLL."""
     import torch
 
-    valid = torch.stack([example_log_probs(f.model, valid_data, f.ensemble.masks) for f in pool])
+    valid = torch.stack([f.ensemble.valid_log_probs for f in pool])  # computed when the test ensembles were chosen
     weights = select_weights(valid)
     used = [i for i in range(len(pool)) if weights[i] > 0]
     test_by_model = [first_test_log_probs if i == 0 else example_log_probs(pool[i].model, test_data, pool[i].ensemble.masks)

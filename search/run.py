@@ -780,7 +780,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         extra["checkpoint_uri"] = folder.remote(schema.BEST_MODEL_FOLDER)
     best = evaluate_best(
         experiment_path, ranked, plan.dataset, data.test, extra, checkpoint_path=model_location, reseeded=reseeded,
-        valid_data=data.valid,
+        mix=True,
     )  # fmt: skip
     write_json(marker, info)
     folder.publish(

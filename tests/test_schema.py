@@ -114,7 +114,7 @@ def test_experiment_folder_written_is_the_schema_and_reads_back(trial, tiny, tmp
     write_trial_files(folder, [trial])
     extra: schema.BestOptional = {"true_test_nll": float(tiny.true_test_nll), "checkpoint_uri": "s3://bucket/runs/exp/best_model"}
     ranked = reselect([trial], tiny.valid, None, 3, plan.seed)
-    best = evaluate_best(folder, ranked, plan.dataset, tiny.test, extra, valid_data=tiny.valid)
+    best = evaluate_best(folder, ranked, plan.dataset, tiny.test, extra, mix=True)
     assert best is not None
     assert set(best) == {*schema.BEST_KEYS, *schema.BEST_OPTIONAL_KEYS}
     assert Path(best["checkpoint_path"]) == folder / schema.BEST_MODEL_FOLDER and (folder / schema.BEST_MODEL_FOLDER).is_dir()
@@ -167,7 +167,7 @@ def test_the_finalists_mixture_is_chosen_on_validation_tested_once_and_loads_bac
         trial, trial_id="early", checkpoint=tune.Checkpoint.from_directory(str(tmp_path / "trial" / "checkpoint_000000"))
     )
     ranked = reselect([early, trial], tiny.valid, None, 3, 0)
-    best = evaluate_best(tmp_path / "exp", ranked, "synthetic-tiny", tiny.test, valid_data=tiny.valid)
+    best = evaluate_best(tmp_path / "exp", ranked, "synthetic-tiny", tiny.test, mix=True)
     assert best is not None
     mixture = best["mixture"]
     assert mixture["models"][0]["trial_id"] == best["trial_id"]  # selection starts from the chosen model
@@ -177,7 +177,7 @@ def test_the_finalists_mixture_is_chosen_on_validation_tested_once_and_loads_bac
     assert list(loaded.weights) == pytest.approx([m["weight"] for m in mixture["models"]])
     assert nll_of(loaded.log_prob(tiny.test)).mean == pytest.approx(mixture["test_nll"], rel=1e-6)
     assert nll_of(loaded.log_prob(tiny.valid)).mean == pytest.approx(mixture["valid_nll"], rel=1e-6)
-    # Without validation data there is nothing to choose weights on: no mixture.
+    # Not asked for: no mixture.
     plain = evaluate_best(tmp_path / "exp1", ranked, "synthetic-tiny", tiny.test)
     assert plain is not None and "mixture" not in plain and not (tmp_path / "exp1" / schema.BEST_MIXTURE_FOLDER).exists()
 
