@@ -814,9 +814,9 @@ def render_seeds(runs: Sequence[SavedRun]) -> str:
     best trial is partly luck, so a verdict that holds over seeds is the one to trust.
 
     Per dataset, over the runs that swept it with both searches: each seed's test NLLs, the mean
-    of guided minus random and its standard error over seeds, and on how many seeds guided was lower.
+    of guided minus random and its standard error over seeds, and on how many seeds guided was
+    lower; first for the delivered model, then for the finalists' mixture where both have one.
     """
-    datasets = list(dict.fromkeys(row.dataset for run in runs for row in run.rows))
     lines = [
         f"# Search benchmark over seeds: suite `{runs[0].suite_name}`, {runs[0].suite.budget_seconds / 60:g} min per sweep",
         "",
@@ -829,15 +829,32 @@ def render_seeds(runs: Sequence[SavedRun]) -> str:
         "Test NLL in nats of each sweep's delivered model. *Guided - random*: the mean over seeds of the "
         "difference, ± its standard error over seeds (negative: the guided search delivered better models).",
         "",
+        *seed_comparison(runs, lambda sweep: sweep.test_nll, "the delivered model"),
+        "",
+        "## The finalists' mixture over seeds",
+        "",
+        "The same comparison for each sweep's mixture of its finalists (best.json's `mixture`), where both searches wrote one.",
+        "",
+        *seed_comparison(runs, lambda sweep: sweep.mixture_test_nll if sweep.mixture_models else math.nan, "the mixture"),
+    ]
+    lines += winner_rung_lines([sweep for run in runs for row in run.rows for sweep in row.sweeps.values()])
+    return "\n".join(lines) + "\n"
+
+
+def seed_comparison(runs: Sequence[SavedRun], value: Any, what: str) -> list[str]:
+    """``render_seeds``' table of ``value(sweep)`` (a test NLL; NaN: none), guided against random, and its summary line."""
+    datasets = list(dict.fromkeys(row.dataset for run in runs for row in run.rows))
+    lines = [
         "| dataset | seeds | guided (TPE), per seed | random, per seed | guided mean | random mean "
         "| guided - random | guided lower |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    lower_on_mean, seed_wins, seed_total = 0, 0, 0
+    compared, lower_on_mean, seed_wins, seed_total = 0, 0, 0, 0
     for dataset in datasets:
-        pairs = [(run.seed, row.sweeps["tpe"].test_nll, row.sweeps["random"].test_nll)
-                 for run in runs for row in run.rows
-                 if row.dataset == dataset and "tpe" in row.sweeps and "random" in row.sweeps]  # fmt: skip
+        triples = [(run.seed, value(row.sweeps["tpe"]), value(row.sweeps["random"]))
+                   for run in runs for row in run.rows
+                   if row.dataset == dataset and "tpe" in row.sweeps and "random" in row.sweeps]  # fmt: skip
+        pairs = [(seed, g, r) for seed, g, r in triples if math.isfinite(g) and math.isfinite(r)]
         if not pairs:
             continue
         guided = np.array([g for _, g, _ in pairs])
@@ -845,6 +862,7 @@ def render_seeds(runs: Sequence[SavedRun]) -> str:
         differences = guided - random
         stderr = float(np.std(differences, ddof=1) / math.sqrt(len(pairs))) if len(pairs) > 1 else math.nan
         wins = int(np.sum(differences < 0))
+        compared += 1
         lower_on_mean += int(differences.mean() < 0)
         seed_wins, seed_total = seed_wins + wins, seed_total + len(pairs)
         lines.append(
@@ -852,10 +870,11 @@ def render_seeds(runs: Sequence[SavedRun]) -> str:
             f"| {' / '.join(f'{r:.2f}' for r in random)} | {guided.mean():.2f} | {random.mean():.2f} "
             f"| {_nll(float(differences.mean()), stderr)} | {wins}/{len(pairs)} |"
         )
-    lines += ["", f"Guided lower on the mean over seeds on {lower_on_mean} of {len(datasets)} datasets; "
+    if not compared:
+        return [f"No dataset has {what} from both searches."]
+    lines += ["", f"{what[0].upper()}{what[1:]}: guided lower on the mean over seeds on {lower_on_mean} of {compared} datasets; "
               f"lower in {seed_wins} of {seed_total} (dataset, seed) pairs."]  # fmt: skip
-    lines += winner_rung_lines([sweep for run in runs for row in run.rows for sweep in row.sweeps.values()])
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def combine_runs(folders: Sequence[str], output: Path) -> str:

@@ -298,10 +298,17 @@ def test_checks_say_when_guided_and_random_delivered_the_same_model():
     assert "| synthetic-x | **no** |" in text and "| **passed** | 0/1 |" in text
 
 
-def _saved_run(folder, seed, results, command_seed=False):
-    """A run folder as write_report leaves it: dataset -> (guided test NLL, random test NLL)."""
+def _saved_run(folder, seed, results, command_seed=False, mixtures=None):
+    """A run folder as write_report leaves it: dataset -> (guided test NLL, random test NLL), and
+    ``mixtures``: dataset -> their mixtures' test NLLs (none written elsewhere)."""
+
+    def sweep(sampler, test, mixture):
+        return dataclasses.replace(_sweep(sampler, test, [(1.0, test)]), mixture_test_nll=mixture, mixture_models=2)
+
+    mixtures = mixtures or {}
     rows = [DatasetRow(name, 20, 1000, "", math.nan, {},
-                       {"tpe": _sweep("tpe", guided, [(1.0, guided)]), "random": _sweep("random", random, [(1.0, random)])})
+                       {"tpe": sweep("tpe", guided, mixtures.get(name, (math.nan,) * 2)[0]),
+                        "random": sweep("random", random, mixtures.get(name, (math.nan,) * 2)[1])})
             for name, (guided, random) in results.items()]  # fmt: skip
     folder.mkdir(parents=True)
     (folder / "rows.json").write_text(json.dumps([dataclasses.asdict(row) for row in rows], default=str))
@@ -313,8 +320,8 @@ def _saved_run(folder, seed, results, command_seed=False):
 
 def test_combined_seeds_compare_guided_and_random_per_dataset(tmp_path):
     runs = [
-        _saved_run(tmp_path / "a", 0, {"dna": (80.0, 81.0), "bn": (10.0, 9.0)}),
-        _saved_run(tmp_path / "b", 1, {"dna": (80.5, 81.5), "bn": (10.0, 9.5)}),
+        _saved_run(tmp_path / "a", 0, {"dna": (80.0, 81.0), "bn": (10.0, 9.0)}, mixtures={"dna": (79.0, 80.5)}),
+        _saved_run(tmp_path / "b", 1, {"dna": (80.5, 81.5), "bn": (10.0, 9.5)}, mixtures={"dna": (79.5, 79.0)}),
         _saved_run(tmp_path / "c", 2, {"dna": (82.0, 81.0)}, command_seed=True),  # a run saved before seeds were
     ]
     text = combine_runs(runs, tmp_path / "out")
@@ -322,7 +329,11 @@ def test_combined_seeds_compare_guided_and_random_per_dataset(tmp_path):
     # dna: differences -1, -1, +1 -> mean -0.33, stderr 0.67 over seeds; guided lower on 2 of 3.
     assert "| dna | 0, 1, 2 | 80.00 / 80.50 / 82.00 | 81.00 / 81.50 / 81.00 | 80.83 | 81.17 | -0.33 ± 0.67 | 2/3 |" in text
     assert "| bn | 0, 1 | 10.00 / 10.00 | 9.00 / 9.50 | 10.00 | 9.25 | 0.75 ± 0.25 | 0/2 |" in text
-    assert "on 1 of 2 datasets; lower in 2 of 5 (dataset, seed) pairs" in text
+    assert "The delivered model: guided lower on the mean over seeds on 1 of 2 datasets; lower in 2 of 5 (dataset, seed) pairs" in text
+    # The mixtures: only dna's seeds 0 and 1 have both; differences -1.5 and +0.5.
+    mixtures = text[text.index("## The finalists' mixture over seeds") :]
+    assert "| dna | 0, 1 | 79.00 / 79.50 | 80.50 / 79.00 | 79.25 | 79.75 | -0.50 ± 1.00 | 1/2 |" in mixtures
+    assert "| bn |" not in mixtures and "The mixture: guided lower on the mean over seeds on 1 of 1 datasets" in mixtures
     assert "| 40 | 10 | 0 | 0 | 0 |" in text  # the rung verdicts pooled over every run's sweeps
     with pytest.raises(ValueError, match="share a seed on a dataset \\(dna seed 0\\)"):
         combine_runs([runs[0], _saved_run(tmp_path / "d", 0, {"dna": (1.0, 2.0)})], tmp_path / "out")
