@@ -37,7 +37,10 @@ def test_start_up_trials_redraw_one_or_two_parameters_of_the_leading_start_point
     space, points = space_and_points()
     # The second start point scores lower, so every start-up trial after the two is its neighbour.
     better = points[1]
-    objective = lambda config: 1.0 if all(config[k] == v for k, v in better.items()) else 2.0 + config["learning_rate"]
+
+    def objective(config: dict) -> float:
+        return 1.0 if all(config[k] == v for k, v in better.items()) else 2.0 + config["learning_rate"]
+
     sampler = StartPointNeighboursTPE(points, seed=3, multivariate=True, group=True, n_startup_trials=10)
     study = run_study(sampler, 10, objective)
     distributions = space.distributions(DATASET)
@@ -70,7 +73,9 @@ def test_the_leading_start_point_is_the_one_with_the_lowest_value_so_far():
 
 def test_after_start_up_tpe_samples_freely_and_runs_repeat_with_a_seed():
     _, points = space_and_points()
-    objective = lambda config: config["learning_rate"] * 100 + config["hidden_layers"]
+
+    def objective(config: dict) -> float:
+        return config["learning_rate"] * 100 + config["hidden_layers"]
 
     def params(seed: int) -> list[dict]:
         sampler = StartPointNeighboursTPE(points, seed=seed, multivariate=True, group=True, n_startup_trials=4)
@@ -91,7 +96,9 @@ def test_without_start_points_it_is_tpe():
         study.optimize(lambda trial: define(trial)["learning_rate"], n_trials=6)
         return [trial.params for trial in study.trials]
 
-    assert params(StartPointNeighboursTPE([], seed=1, n_startup_trials=3)) == params(optuna.samplers.TPESampler(seed=1, n_startup_trials=3))
+    assert params(StartPointNeighboursTPE([], seed=1, n_startup_trials=3)) == params(
+        optuna.samplers.TPESampler(seed=1, n_startup_trials=3)
+    )
 
 
 @pytest.mark.parametrize(("value", "expected"), [(500, True), (123, False), ("relu", False)])

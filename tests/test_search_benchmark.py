@@ -329,7 +329,10 @@ def test_combined_seeds_compare_guided_and_random_per_dataset(tmp_path):
     # dna: differences -1, -1, +1 -> mean -0.33, stderr 0.67 over seeds; guided lower on 2 of 3.
     assert "| dna | 0, 1, 2 | 80.00 / 80.50 / 82.00 | 81.00 / 81.50 / 81.00 | 80.83 | 81.17 | -0.33 ± 0.67 | 2/3 |" in text
     assert "| bn | 0, 1 | 10.00 / 10.00 | 9.00 / 9.50 | 10.00 | 9.25 | 0.75 ± 0.25 | 0/2 |" in text
-    assert "The delivered model: guided lower on the mean over seeds on 1 of 2 datasets; lower in 2 of 5 (dataset, seed) pairs" in text
+    assert (
+        "The delivered model: guided lower on the mean over seeds on 1 of 2 datasets; lower in 2 of 5 (dataset, seed) pairs"
+        in text
+    )
     # The mixtures: only dna's seeds 0 and 1 have both; differences -1.5 and +0.5.
     mixtures = text[text.index("## The finalists' mixture over seeds") :]
     assert "| dna | 0, 1 | 79.00 / 79.50 | 80.50 / 79.00 | 79.25 | 79.75 | -0.50 ± 1.00 | 1/2 |" in mixtures
