@@ -451,19 +451,14 @@ def test_brackets_give_some_trials_a_later_first_rung(tmp_path):
     assert plan.brackets == 2 and first_rungs == [40, 120]  # grace 200 // 5, then x 3
 
 
-def test_start_up_trials_are_optunas_default_for_a_budget_and_a_third_of_a_counted_sweep(tmp_path):
-    from search.sampler import StartPointNeighboursTPE
-
+def test_a_budget_driven_sweep_is_guided_once_its_start_points_are_done(tmp_path):
     common = ["--dataset", "synthetic-tiny", "--storage", str(tmp_path / "r")]
     budget, _ = make_plan(parse_args([*common, "--time-budget", "3m"]))
     counted, _ = make_plan(parse_args([*common, "--num-samples", "60"]))
-    short, _ = make_plan(parse_args([*common, "--num-samples", "16"]))
-    sampler = make_sampler(budget)
-    assert isinstance(sampler, StartPointNeighboursTPE) and sampler.start_points == budget.space.start_points(budget.dataset)
-    assert [make_sampler(plan)._n_startup_trials for plan in (budget, counted, short)] == [10, 10, 5]
-    warm_points = tuple({"num_masks": masks} for masks in (1, 2, 4, 16, 32, 0, 8, 1, 2, 4, 16))
-    warm = dataclasses.replace(budget, warm_start=warm_points)
-    assert make_sampler(warm)._n_startup_trials == 13 and len(make_sampler(warm).start_points) == 13
+    assert len(budget.space.start_points(budget.dataset)) == 2
+    assert make_sampler(budget)._n_startup_trials == 2 and make_sampler(counted)._n_startup_trials == 10
+    warm = dataclasses.replace(budget, warm_start=({"num_masks": 1}, {"num_masks": 4}))
+    assert make_sampler(warm)._n_startup_trials == 4
 
 
 # -- the ablation benchmark ---------------------------------------------------------------------
