@@ -31,7 +31,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -835,13 +835,13 @@ def render_seeds(runs: Sequence[SavedRun]) -> str:
         "",
         "The same comparison for each sweep's mixture of its finalists (best.json's `mixture`), where both searches wrote one.",
         "",
-        *seed_comparison(runs, lambda sweep: sweep.mixture_test_nll if sweep.mixture_models else math.nan, "the mixture"),
+        *seed_comparison(runs, lambda sweep: sweep.mixture_test_nll, "the mixture"),  # NaN where none was written
     ]
     lines += winner_rung_lines([sweep for run in runs for row in run.rows for sweep in row.sweeps.values()])
     return "\n".join(lines) + "\n"
 
 
-def seed_comparison(runs: Sequence[SavedRun], value: Any, what: str) -> list[str]:
+def seed_comparison(runs: Sequence[SavedRun], value: Callable[[SweepFigures], float], what: str) -> list[str]:
     """``render_seeds``' table of ``value(sweep)`` (a test NLL; NaN: none), guided against random, and its summary line."""
     datasets = list(dict.fromkeys(row.dataset for run in runs for row in run.rows))
     lines = [
