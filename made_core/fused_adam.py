@@ -22,7 +22,7 @@ import hashlib
 import os
 import platform
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ OPT_OUT_VARIABLE = "MADE_FUSED_ADAM"
 _KERNELS_SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <cmath>
 
 // Row r of a masked weight sees column c when columns[c] < rows[r] + shift (shift 1: >=, 0: >).
@@ -65,13 +66,6 @@ struct AdamStep {
   AdamStep(double lr, double b1, double b2, double e, double wd, double step)
       : beta1(b1), beta2(b2), eps(e), weight_decay(wd),
         step_size(lr / (1.0 - std::pow(b1, step))), bias_correction2_sqrt(std::sqrt(1.0 - std::pow(b2, step))) {}
-  inline float apply(float& param, float grad, float& exp_avg, float& exp_avg_sq) const {
-    grad += weight_decay * param;
-    exp_avg += (1.0f - beta1) * (grad - exp_avg);
-    exp_avg_sq = beta2 * exp_avg_sq + (1.0f - beta2) * grad * grad;
-    param -= step_size * exp_avg / (std::sqrt(exp_avg_sq) / bias_correction2_sqrt + eps);
-    return param;
-  }
 };
 
 void masked_adam_(torch::Tensor param, torch::Tensor grad, torch::Tensor exp_avg, torch::Tensor exp_avg_sq,
@@ -108,16 +102,48 @@ void masked_adam_(torch::Tensor param, torch::Tensor grad, torch::Tensor exp_avg
   });
 }
 
+// Adam on the first n entries of one row (or of a whole tensor) of a parameter.
+static inline void adam_run(float* p, const float* g, float* m, float* v, int64_t n, const AdamStep& adam) {
+  // Local copies no pointer can alias, so that the loop vectorises.
+  const float beta1 = adam.beta1, beta2 = adam.beta2, eps = adam.eps, weight_decay = adam.weight_decay;
+  const float step_size = adam.step_size, bias_correction2_sqrt = adam.bias_correction2_sqrt;
+  #pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {
+    const float grad = g[c] + weight_decay * p[c];
+    const float exp_avg_new = m[c] + (1.0f - beta1) * (grad - m[c]);
+    const float exp_avg_sq_new = beta2 * v[c] + (1.0f - beta2) * grad * grad;
+    m[c] = exp_avg_new; v[c] = exp_avg_sq_new;
+    p[c] -= step_size * exp_avg_new / (std::sqrt(exp_avg_sq_new) / bias_correction2_sqrt + eps);
+  }
+}
+
 void adam_(torch::Tensor param, torch::Tensor grad, torch::Tensor exp_avg, torch::Tensor exp_avg_sq,
            double lr, double beta1, double beta2, double eps, double weight_decay, double step) {
   for (auto* t : {&param, &grad, &exp_avg, &exp_avg_sq}) check(*t, "every argument");
   const AdamStep adam(lr, beta1, beta2, eps, weight_decay, step);
+  adam_run(param.data_ptr<float>(), grad.data_ptr<float>(), exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(),
+           param.numel(), adam);
+}
+
+// Adam on row r's first prefixes[r] entries only, for a weight whose other entries, their
+// gradients and their Adam state are all zero (a one-mask MADE in degree-sorted coordinates):
+// Adam leaves such entries at zero, so skipping them changes nothing.
+void prefix_adam_(torch::Tensor param, torch::Tensor grad, torch::Tensor exp_avg, torch::Tensor exp_avg_sq,
+                  torch::Tensor prefixes, double lr, double beta1, double beta2, double eps, double weight_decay, double step) {
+  for (auto* t : {&param, &grad, &exp_avg, &exp_avg_sq}) check(*t, "every argument");
+  TORCH_CHECK(param.dim() == 2 && prefixes.device().is_cpu() && prefixes.scalar_type() == torch::kLong && prefixes.is_contiguous()
+              && prefixes.numel() == param.size(0), "prefixes must be a contiguous CPU int64 tensor with one entry per row");
+  const AdamStep adam(lr, beta1, beta2, eps, weight_decay, step);
   float* p = param.data_ptr<float>(); const float* g = grad.data_ptr<float>();
   float* m = exp_avg.data_ptr<float>(); float* v = exp_avg_sq.data_ptr<float>();
-  const AdamStep local = adam;
-  const int64_t n = param.numel();
-  #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) local.apply(p[i], g[i], m[i], v[i]);
+  const int64_t* prefix = prefixes.data_ptr<int64_t>();
+  const int64_t n_rows = param.size(0), n_cols = param.size(1);
+  at::parallel_for(0, n_rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t offset = r * n_cols;
+      adam_run(p + offset, g + offset, m + offset, v + offset, std::min(std::max(prefix[r], int64_t(0)), n_cols), adam);
+    }
+  });
 }
 """
 
@@ -170,7 +196,7 @@ def load_kernels() -> Any:
             ninja_version = _put_ninja_on_path()
             _kernels = load_inline(
                 f"made_fused_adam_{_build_key(ninja_version)}", cpp_sources=_KERNELS_SOURCE,
-                functions=["masked_weight", "masked_adam_", "adam_"], extra_cflags=_COMPILER_FLAGS, verbose=False,
+                functions=["masked_weight", "masked_adam_", "adam_", "prefix_adam_"], extra_cflags=_COMPILER_FLAGS, verbose=False,
             )  # fmt: skip
         except Exception as error:  # no compiler, no ninja, an unsupported platform, ...
             _load_error = f"{type(error).__name__}: {error}"
@@ -192,6 +218,45 @@ def masked_adam_applies(model: MADE, device: torch.device, grad_clip: float | No
     if any(parameter.dtype != torch.float32 for parameter in model.parameters()):
         return False
     return load_kernels() is not None
+
+
+def kernel_adam_reproduces(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` is a ``torch.optim.Adam`` that the kernels' Adam reproduces (L2 weight
+    decay; no AMSGrad, maximize, capturable or differentiable mode) over float32 CPU parameters,
+    with the kernels built."""
+    if type(optimizer) is not torch.optim.Adam or opted_out(OPT_OUT_VARIABLE):
+        return False
+    for group in optimizer.param_groups:
+        if group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]:
+            return False
+        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in group["params"]):
+            return False
+        if torch.is_tensor(group["lr"]):
+            return False
+    return load_kernels() is not None
+
+
+AdamUpdate = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, ...]]
+
+
+def adam_updates(optimizer: torch.optim.Optimizer) -> Iterator[AdamUpdate]:
+    """For each parameter of ``optimizer`` with a gradient: (parameter, contiguous gradient,
+    exp_avg, exp_avg_sq, (lr, beta1, beta2, eps, weight_decay, step)) for one Adam update by the
+    kernels, its state counted one step on; the state has ``torch.optim.Adam``'s layout, made
+    on first use as torch makes it, so that either can carry on from the other."""
+    for group in optimizer.param_groups:
+        beta1, beta2 = group["betas"]
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            state = optimizer.state[param]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["step"] += 1
+            hyper = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"], float(state["step"]))
+            yield param, param.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], hyper
 
 
 _Degrees = tuple[tuple[torch.Tensor, torch.Tensor, float], ...]  # per masked layer: rows, columns, shift
@@ -265,28 +330,16 @@ class MaskedAdam(torch.optim.Optimizer):
         next_degrees = self._degrees(step_index + 1)
         layers = self.model.masked_layers()
         next_masked: list[torch.Tensor | None] = [None] * len(layers)
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["step"] += 1
-                hyper = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"], float(state["step"]))
-                grad = param.grad.contiguous()
-                layer = self._layer_of.get(id(param))
-                if layer is None:
-                    self._kernels.adam_(param, grad, state["exp_avg"], state["exp_avg_sq"], *hyper)
-                else:
-                    masked = torch.empty_like(param)
-                    self._kernels.masked_adam_(
-                        param, grad, state["exp_avg"], state["exp_avg_sq"], *degrees[layer], *next_degrees[layer], masked, *hyper
-                    )
-                    next_masked[layer] = masked
+        for param, grad, exp_avg, exp_avg_sq, hyper in adam_updates(self):
+            layer = self._layer_of.get(id(param))
+            if layer is None:
+                self._kernels.adam_(param, grad, exp_avg, exp_avg_sq, *hyper)
+            else:
+                masked = torch.empty_like(param)
+                self._kernels.masked_adam_(
+                    param, grad, exp_avg, exp_avg_sq, *degrees[layer], *next_degrees[layer], masked, *hyper
+                )
+                next_masked[layer] = masked
         self._current = None
         if all(masked is not None for masked in next_masked):
             versions = tuple(layer.weight._version for layer in layers)

@@ -10,6 +10,7 @@ import torch
 
 import made_core.sorted_step as sorted_step
 from made_core.config import TrainConfig
+from made_core.fused_adam import load_kernels
 from made_core.model import MADE
 from made_core.sorted_step import SortedFixedMaskStep, sorted_training_applies
 from made_core.steps import FixedMaskStep
@@ -107,3 +108,62 @@ def test_a_trainer_with_sorted_steps_trains_the_same_model(monkeypatch):
         assert b.valid_nll == pytest.approx(a.valid_nll, abs=1e-4) and b.train_nll == pytest.approx(a.train_nll, abs=1e-4)
     for (name, a), b in zip(plain.model.state_dict().items(), blocked.model.state_dict().values(), strict=True):
         assert torch.allclose(a, b, rtol=0, atol=1e-5), name
+
+
+needs_kernels = pytest.mark.skipif(load_kernels() is None, reason="the fused Adam kernels could not be built here")
+
+
+@needs_kernels
+@pytest.mark.parametrize("ordering", ["natural", "random", "agnostic"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("grad_clip", [None, 0.2])  # clipping's norm reads the cut corners too
+def test_float32_adam_runs_on_the_staircase_only_and_makes_torch_adams_updates(ordering, depth, direct, grad_clip):
+    torch.manual_seed(depth)
+    model = MADE(14, [19] * depth, num_masks=1, ordering=ordering, direct_connection=direct, seed=6)
+    dense, blocked = _pair(model, _adam, grad_clip)
+    assert blocked.kernels is not None and dense.optimizer.defaults["lr"] == 1e-2
+    generator = torch.Generator().manual_seed(2)
+    for step in range(6):
+        batch = (torch.rand(10, 14, generator=generator) < 0.4).float()
+        assert float(blocked(batch, step)) == pytest.approx(float(dense(batch, step)), abs=1e-4)
+    blocked.enter()
+    for layer, stairs in zip(blocked.model.masked_layers(), blocked.stairs, strict=True):
+        columns = torch.arange(layer.weight.shape[1])
+        right = columns.unsqueeze(0) >= stairs.prefixes.unsqueeze(1)  # right of the staircase
+        state = blocked.optimizer.state[layer.weight]
+        for tensor in (layer.weight, state["exp_avg"], state["exp_avg_sq"]):
+            assert torch.count_nonzero(tensor[right]) == 0
+    blocked.settle()
+    # 6 steps of lr 1e-2: float32 rounding apart, torch's weights and Adam state, in its layout.
+    for (name, a), b in zip(dense.model.state_dict().items(), blocked.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=2e-5), name
+    dense_state, blocked_state = dense.optimizer.state_dict()["state"], blocked.optimizer.state_dict()["state"]
+    assert dense_state.keys() == blocked_state.keys()
+    for index, expected in dense_state.items():
+        assert float(blocked_state[index]["step"]) == float(expected["step"]) == 6
+        assert blocked_state[index]["step"].dtype == expected["step"].dtype
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(blocked_state[index][key], expected[key], rtol=1e-3, atol=1e-6), (index, key)
+
+
+@needs_kernels
+def test_torch_adam_carries_on_from_the_kernels_state_and_odd_adams_keep_torchs_step():
+    model = MADE(12, [16], num_masks=1, ordering="random", seed=1)
+    dense, blocked = _pair(model, _adam)
+    batch = (torch.rand(8, 12, generator=torch.Generator().manual_seed(3)) < 0.5).float()
+    for step in range(3):
+        dense(batch, step), blocked(batch, step)
+    blocked.settle()
+    carried_on = FixedMaskStep(blocked.model, blocked.optimizer)  # torch's Adam, from the kernels' state
+    for step in range(3, 6):
+        assert float(carried_on(batch, step)) == pytest.approx(float(dense(batch, step)), abs=1e-4)
+    for a, b in zip(dense.model.parameters(), blocked.model.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=2e-5)
+    for make_optimizer in (
+        lambda m: torch.optim.Adam(m.parameters(), amsgrad=True),
+        lambda m: torch.optim.AdamW(m.parameters()),
+        lambda m: torch.optim.Adam(m.double().parameters()),
+    ):
+        twin = copy.deepcopy(model)
+        assert SortedFixedMaskStep(twin, make_optimizer(twin)).kernels is None
