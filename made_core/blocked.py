@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from made_core.masks import LayerDegrees, make_degrees
+from made_core.masks import LayerDegrees, make_degrees, make_ordering
 from made_core.model import ACTIVATION_FUNCTIONS, MADE, MaskedWeights, bernoulli_log_likelihood
 
 BLOCKS = 4
@@ -102,7 +102,8 @@ def staircases(model: MADE, mask_index: int, blocks: int = BLOCKS) -> tuple[torc
     """The inputs in the mask's ordering (D,) and every masked layer's staircase, in the order
     of ``model.masked_layers()``; each layer's columns are the previous layer's sorted rows."""
     degrees = make_degrees(model.input_dim, model.hidden_sizes, model.ordering, model.seed, mask_index, model.direct_connection)
-    order = model.masks(mask_index).order.cpu()  # inputs sorted by degree: degree k + 1 is dimension order[k]
+    # Inputs sorted by degree: degree k + 1 is dimension order[k] (no masks built: a sampled mask is used once).
+    order = make_ordering(model.ordering, model.input_dim, model.seed, mask_index)
     depth = len(model.hidden_sizes)
     hidden_orders = [torch.argsort(layer.rows, stable=True) for layer in degrees[:depth]]
     row_orders = [*hidden_orders, order] + ([order] if model.direct_connection else [])

@@ -10,6 +10,10 @@ both into the optimiser's own pass over the weights. One C++ loop per weight mat
 2. applies Adam with L2 weight decay, in the formula of ``torch.optim.Adam``,
 3. writes the weight times the *next* step's mask, which the next forward pass uses as it is.
 
+The same source has the kernels of ``made_core.sorted_step``, which train in degree-sorted
+coordinates: ``prefix_adam_`` (Adam on each row's staircase prefix) and ``sorted_masked_adam_``
+(``masked_adam_`` reading a sorted gradient and writing the next mask's sorted masked weight).
+
 The kernels are compiled on first use (``torch.utils.cpp_extension.load_inline``: g++ and ninja,
 about 25 s, cached per CPU model because they are built for the CPU they run on, and per torch
 and ninja version). Where that
@@ -38,6 +42,8 @@ _KERNELS_SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <tuple>
+#include <vector>
 #include <cmath>
 
 // Row r of a masked weight sees column c when columns[c] < rows[r] + shift (shift 1: >=, 0: >).
@@ -145,6 +151,81 @@ void prefix_adam_(torch::Tensor param, torch::Tensor grad, torch::Tensor exp_avg
     }
   });
 }
+
+// A layer in one mask's degree-sorted coordinates: its row r is sorted row row_pos[r]; sorted
+// column j is its column column_order[j], and its column c sorted column col_pos[c]; sorted row s
+// sees its first prefixes[s] sorted columns. Positions and orders are int32, for gathers.
+struct SortedLayout {
+  const int64_t *row_pos, *prefixes; const int32_t *col_pos, *column_order;
+  SortedLayout(const torch::Tensor& rows, const torch::Tensor& columns, const torch::Tensor& order, const torch::Tensor& prefix,
+               const torch::Tensor& weight) {
+    TORCH_CHECK(weight.dim() == 2, "a weight is a matrix");
+    const int64_t n_rows = weight.size(0), n_cols = weight.size(1);
+    for (auto [t, n, type] : {std::tuple{&rows, n_rows, torch::kLong}, std::tuple{&prefix, n_rows, torch::kLong},
+                              std::tuple{&columns, n_cols, torch::kInt}, std::tuple{&order, n_cols, torch::kInt}}) {
+      // Their values are the caller's to keep in range (made_core.sorted_step checks them once per
+      // layout): a range check here would cost a tenth of the step.
+      TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == type && t->is_contiguous() && t->numel() == n,
+                  "positions, orders and prefixes must be contiguous CPU tensors matching the weight (rows int64, columns int32)");
+    }
+    row_pos = rows.data_ptr<int64_t>(); prefixes = prefix.data_ptr<int64_t>();
+    col_pos = columns.data_ptr<int32_t>(); column_order = order.data_ptr<int32_t>();
+  }
+  // Row r's masked values, in sorted order, into sorted row out (n_cols entries).
+  inline void write_row(const float* values, float* out, int64_t limit, int64_t n_cols) const {
+    #pragma omp simd
+    for (int64_t j = 0; j < limit; ++j) out[j] = values[column_order[j]];
+    std::fill(out + limit, out + n_cols, 0.0f);
+  }
+};
+
+// out (sorted coordinates of the layout) = param masked by the layout's staircase.
+void sorted_masked_weight(torch::Tensor param, torch::Tensor row_pos, torch::Tensor col_pos, torch::Tensor column_order,
+                          torch::Tensor prefixes, torch::Tensor out) {
+  check(param, "param"); check(out, "out");
+  TORCH_CHECK(out.sizes() == param.sizes(), "out must have the weight's shape");
+  const SortedLayout layout(row_pos, col_pos, column_order, prefixes, param);
+  const float* p = param.data_ptr<float>(); float* o = out.data_ptr<float>();
+  const int64_t n_rows = param.size(0), n_cols = param.size(1);
+  at::parallel_for(0, n_rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t s = layout.row_pos[r];
+      layout.write_row(p + r * n_cols, o + s * n_cols, layout.prefixes[s], n_cols);
+    }
+  });
+}
+
+// MaskedAdam's step for a weight whose gradient is in the sorted coordinates of this step's mask
+// (entries right of its staircase are not read), writing the next step's masked weight in the
+// sorted coordinates of the next step's mask.
+void sorted_masked_adam_(torch::Tensor param, torch::Tensor sorted_grad, torch::Tensor exp_avg, torch::Tensor exp_avg_sq,
+                         torch::Tensor row_pos, torch::Tensor col_pos, torch::Tensor column_order, torch::Tensor prefixes,
+                         torch::Tensor next_row_pos, torch::Tensor next_col_pos, torch::Tensor next_column_order,
+                         torch::Tensor next_prefixes, torch::Tensor next_sorted,
+                         double lr, double beta1, double beta2, double eps, double weight_decay, double step) {
+  for (auto* t : {&param, &sorted_grad, &exp_avg, &exp_avg_sq, &next_sorted}) check(*t, "every tensor argument");
+  TORCH_CHECK(sorted_grad.sizes() == param.sizes() && next_sorted.sizes() == param.sizes() && exp_avg.sizes() == param.sizes()
+              && exp_avg_sq.sizes() == param.sizes(), "gradient, state and next weight must have the weight's shape");
+  const SortedLayout now(row_pos, col_pos, column_order, prefixes, param);
+  const SortedLayout next(next_row_pos, next_col_pos, next_column_order, next_prefixes, param);
+  const AdamStep adam(lr, beta1, beta2, eps, weight_decay, step);
+  float* p = param.data_ptr<float>(); const float* g = sorted_grad.data_ptr<float>();
+  float* m = exp_avg.data_ptr<float>(); float* v = exp_avg_sq.data_ptr<float>(); float* nm = next_sorted.data_ptr<float>();
+  const int64_t n_rows = param.size(0), n_cols = param.size(1);
+  at::parallel_for(0, n_rows, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> grad_row(n_cols);  // row r's masked gradient in its own column order
+    float* gr = grad_row.data();
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t s = now.row_pos[r], limit = now.prefixes[s]; const float* gs = g + s * n_cols;
+      const int32_t* col_pos = now.col_pos;
+      #pragma omp simd
+      for (int64_t c = 0; c < n_cols; ++c) { const int32_t sc = col_pos[c]; gr[c] = sc < limit ? gs[sc] : 0.0f; }
+      adam_run(p + r * n_cols, gr, m + r * n_cols, v + r * n_cols, n_cols, adam);
+      const int64_t next_s = next.row_pos[r];
+      next.write_row(p + r * n_cols, nm + next_s * n_cols, next.prefixes[next_s], n_cols);
+    }
+  });
+}
 """
 
 # -fno-math-errno lets the compiler vectorise sqrt (without it the loop runs scalar, slower
@@ -196,7 +277,7 @@ def load_kernels() -> Any:
             ninja_version = _put_ninja_on_path()
             _kernels = load_inline(
                 f"made_fused_adam_{_build_key(ninja_version)}", cpp_sources=_KERNELS_SOURCE,
-                functions=["masked_weight", "masked_adam_", "adam_", "prefix_adam_"], extra_cflags=_COMPILER_FLAGS, verbose=False,
+                functions=["masked_weight", "masked_adam_", "adam_", "prefix_adam_", "sorted_masked_weight", "sorted_masked_adam_"], extra_cflags=_COMPILER_FLAGS, verbose=False,
             )  # fmt: skip
         except Exception as error:  # no compiler, no ninja, an unsupported platform, ...
             _load_error = f"{type(error).__name__}: {error}"

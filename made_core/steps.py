@@ -14,6 +14,8 @@ how they compute the logits, and each owns what that needs:
 - ``FusedAdamStep`` (several masks, ``MaskedAdam``): the optimiser's one C++ pass per layer
   masks the gradient, applies Adam and prepares the next step's masked weights, which the
   forward pass uses as they are.
+- ``SortedMaskedAdamStep`` (cycled masks, ``MaskedAdam``, on the CPU from 300 dimensions:
+  ``made_core.sorted_step``): the same with each step in its mask's degree-sorted coordinates.
 - ``MaskProductStep`` (several masks, any other optimiser): weights times the step's mask,
   a cached mask for cycled masks, a fresh uncached one for mask sampling.
 - ``DenseStep``: an unmasked network with ``logits(x)``, e.g. the benchmark's MLP baseline,
@@ -197,8 +199,10 @@ def make_training_step(
 ) -> TrainingStep:  # fmt: skip
     """The strategy for this model and optimiser (see the module docstring); ``steps_per_settle``:
     how many steps the caller makes between two ``settle()`` calls."""
-    from made_core.sorted_step import SortedFixedMaskStep, sorted_training_applies
+    from made_core.sorted_step import SortedFixedMaskStep, SortedMaskedAdamStep, sorted_masks_apply, sorted_training_applies
 
+    if sorted_masks_apply(model, optimizer, precision):
+        return SortedMaskedAdamStep(model, optimizer, grad_clip)  # type: ignore[arg-type]
     if isinstance(optimizer, MaskedAdam):
         return FusedAdamStep(model, optimizer, grad_clip, precision)
     if sorted_training_applies(model, precision, steps_per_settle):

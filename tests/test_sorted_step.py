@@ -10,10 +10,11 @@ import torch
 
 import made_core.sorted_step as sorted_step
 from made_core.config import TrainConfig
-from made_core.fused_adam import load_kernels
+from made_core.fused_adam import MaskedAdam, load_kernels
+from made_core.hyperparameters import MASK_SAMPLING
 from made_core.model import MADE
-from made_core.sorted_step import SortedFixedMaskStep, sorted_training_applies
-from made_core.steps import FixedMaskStep
+from made_core.sorted_step import SortedFixedMaskStep, SortedMaskedAdamStep, sorted_training_applies
+from made_core.steps import FixedMaskStep, FusedAdamStep
 from made_core.train import Trainer
 
 
@@ -167,3 +168,47 @@ def test_torch_adam_carries_on_from_the_kernels_state_and_odd_adams_keep_torchs_
     ):
         twin = copy.deepcopy(model)
         assert SortedFixedMaskStep(twin, make_optimizer(twin)).kernels is None
+
+
+@needs_kernels
+@pytest.mark.parametrize("ordering", ["natural", "random", "agnostic"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("num_masks", [3, MASK_SAMPLING])
+def test_sorted_masked_adam_steps_make_fused_adams_updates(ordering, depth, direct, num_masks):
+    torch.manual_seed(depth)
+    model = MADE(14, [19] * depth, num_masks=num_masks, ordering=ordering, direct_connection=direct, seed=6)
+    twin = copy.deepcopy(model)
+    fused = FusedAdamStep(model, MaskedAdam(model, lr=1e-2, weight_decay=1e-3))
+    blocked = SortedMaskedAdamStep(twin, MaskedAdam(twin, lr=1e-2, weight_decay=1e-3))
+    generator = torch.Generator().manual_seed(2)
+    for step in range(7):
+        batch = (torch.rand(10, 14, generator=generator) < 0.4).float()
+        assert float(blocked(batch, step)) == pytest.approx(float(fused(batch, step)), abs=1e-4)
+        if step == 3:  # weights written elsewhere: the step sorts them afresh
+            with torch.no_grad():
+                for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+                    a.mul_(0.5), b.mul_(0.5)
+    # 7 steps of lr 1e-2: float32 rounding apart, the same weights (cut entries included) and Adam state.
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=2e-5), name
+    fused_state, blocked_state = fused.optimizer.state_dict()["state"], blocked.optimizer.state_dict()["state"]
+    for index, expected in fused_state.items():
+        assert float(blocked_state[index]["step"]) == float(expected["step"]) == 7
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(blocked_state[index][key], expected[key], rtol=1e-3, atol=1e-6), (index, key)
+    assert all(p.grad is None for p in twin.parameters())
+
+
+@needs_kernels
+def test_many_mask_models_train_sorted_where_it_pays(monkeypatch):
+    rows = (np.random.default_rng(0).random((120, 10)) < 0.3).astype(np.float32)
+    config = TrainConfig(hidden_sizes=(16,), num_masks=4, ordering="agnostic", batch_size=20, max_epochs=3, seed=4)
+    plain = Trainer(config, rows, rows[:30])
+    monkeypatch.setattr(sorted_step, "MIN_INPUT_DIM", 2)
+    blocked = Trainer(config, rows, rows[:30])
+    assert isinstance(blocked.train_step, SortedMaskedAdamStep) and isinstance(plain.train_step, FusedAdamStep)
+    for a, b in zip(plain.epochs(), blocked.epochs(), strict=True):
+        assert b.valid_nll == pytest.approx(a.valid_nll, abs=1e-4) and b.train_nll == pytest.approx(a.train_nll, abs=1e-4)
+    monkeypatch.setenv("MADE_SORTED_STEP", "0")
+    assert isinstance(Trainer(config, rows, rows[:30]).train_step, FusedAdamStep)
