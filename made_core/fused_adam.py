@@ -12,7 +12,8 @@ both into the optimiser's own pass over the weights. One C++ loop per weight mat
 
 The same source has the kernels of ``made_core.sorted_step``, which train in degree-sorted
 coordinates: ``prefix_adam_`` (Adam on each row's staircase prefix) and ``sorted_masked_adam_``
-(``masked_adam_`` reading a sorted gradient and writing the next mask's sorted masked weight).
+(``masked_adam_`` reading a sorted gradient and writing the next mask's sorted masked weight),
+and ``made_core.model``'s sampler for one hidden layer, ``sample_one_hidden_layer``.
 
 The kernels are compiled on first use (``torch.utils.cpp_extension.load_inline``: g++ and ninja,
 about 25 s, cached per CPU model because they are built for the CPU they run on, and per torch
@@ -226,6 +227,72 @@ void sorted_masked_adam_(torch::Tensor param, torch::Tensor sorted_grad, torch::
     }
   });
 }
+
+// Samples of a one-hidden-layer MADE, one row per task: the row's hidden pre-activations start at
+// the bias, and setting input d to 1 adds column d of the masked hidden weight, so all D
+// dimensions cost about one forward pass. thresholds (n, D): logit(u) by ordering position;
+// input_columns (D, H): the masked hidden weight's transpose; output_weight (D, H) and direct
+// (D, D, or empty) masked. x_d = 1 where threshold < logit_d, as in MADE.sample_by_passes.
+template <typename scalar_t>
+static void sample_rows(const scalar_t* thresholds, const int64_t* order, const scalar_t* input_columns, const scalar_t* hidden_bias,
+                        const scalar_t* output_weight, const scalar_t* output_bias, const scalar_t* direct, bool relu,
+                        scalar_t* x, int64_t begin, int64_t end, int64_t D, int64_t H) {
+  std::vector<scalar_t> pre(H), hidden(H);
+  auto activate = [&]() {
+    if (relu) { for (int64_t h = 0; h < H; ++h) hidden[h] = pre[h] > 0 ? pre[h] : scalar_t(0); }
+    else { for (int64_t h = 0; h < H; ++h) hidden[h] = std::tanh(pre[h]); }
+  };
+  for (int64_t i = begin; i < end; ++i) {
+    std::copy(hidden_bias, hidden_bias + H, pre.begin());
+    activate();
+    scalar_t* xi = x + i * D; const scalar_t* ti = thresholds + i * D;
+    for (int64_t k = 0; k < D; ++k) {
+      const int64_t d = order[k]; const scalar_t* w = output_weight + d * H; const scalar_t* hv = hidden.data();
+      scalar_t logit = output_bias[d];
+      scalar_t acc = 0;
+      #pragma omp simd reduction(+:acc)
+      for (int64_t h = 0; h < H; ++h) acc += hv[h] * w[h];
+      logit += acc;
+      if (direct != nullptr) {
+        const scalar_t* wd = direct + d * D; scalar_t direct_acc = 0;
+        #pragma omp simd reduction(+:direct_acc)
+        for (int64_t j = 0; j < D; ++j) direct_acc += xi[j] * wd[j];
+        logit += direct_acc;
+      }
+      if (ti[k] < logit) {
+        xi[d] = 1;
+        const scalar_t* column = input_columns + d * H; scalar_t* pv = pre.data();
+        #pragma omp simd
+        for (int64_t h = 0; h < H; ++h) pv[h] += column[h];
+        activate();
+      }
+    }
+  }
+}
+
+torch::Tensor sample_one_hidden_layer(torch::Tensor thresholds, torch::Tensor order, torch::Tensor input_columns, torch::Tensor hidden_bias,
+                                      torch::Tensor output_weight, torch::Tensor output_bias, torch::Tensor direct, bool relu) {
+  const int64_t n = thresholds.size(0), D = thresholds.size(1), H = input_columns.size(1);
+  TORCH_CHECK(thresholds.dim() == 2 && input_columns.sizes() == torch::IntArrayRef({D, H}) && output_weight.sizes() == torch::IntArrayRef({D, H})
+              && hidden_bias.numel() == H && output_bias.numel() == D && order.numel() == D
+              && (direct.numel() == 0 || direct.sizes() == torch::IntArrayRef({D, D})), "sampler arguments of mismatched shapes");
+  for (auto* t : {&thresholds, &input_columns, &hidden_bias, &output_weight, &output_bias, &direct})
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == thresholds.scalar_type(), "sampler tensors must be contiguous CPU tensors of one dtype");
+  TORCH_CHECK(order.device().is_cpu() && order.scalar_type() == torch::kLong && order.is_contiguous(), "order must be a contiguous CPU int64 tensor");
+  const int64_t* ord = order.data_ptr<int64_t>();
+  std::vector<char> seen(D, 0);
+  for (int64_t k = 0; k < D; ++k) { TORCH_CHECK(ord[k] >= 0 && ord[k] < D && !seen[ord[k]], "order must be a permutation"); seen[ord[k]] = 1; }
+  auto x = torch::zeros({n, D}, thresholds.options());
+  AT_DISPATCH_FLOATING_TYPES(thresholds.scalar_type(), "sample_one_hidden_layer", [&] {
+    const scalar_t* direct_ptr = direct.numel() ? direct.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      sample_rows<scalar_t>(thresholds.data_ptr<scalar_t>(), ord, input_columns.data_ptr<scalar_t>(), hidden_bias.data_ptr<scalar_t>(),
+                            output_weight.data_ptr<scalar_t>(), output_bias.data_ptr<scalar_t>(), direct_ptr, relu,
+                            x.data_ptr<scalar_t>(), begin, end, D, H);
+    });
+  });
+  return x;
+}
 """
 
 # -fno-math-errno lets the compiler vectorise sqrt (without it the loop runs scalar, slower
@@ -277,7 +344,7 @@ def load_kernels() -> Any:
             ninja_version = _put_ninja_on_path()
             _kernels = load_inline(
                 f"made_fused_adam_{_build_key(ninja_version)}", cpp_sources=_KERNELS_SOURCE,
-                functions=["masked_weight", "masked_adam_", "adam_", "prefix_adam_", "sorted_masked_weight", "sorted_masked_adam_"], extra_cflags=_COMPILER_FLAGS, verbose=False,
+                functions=["masked_weight", "masked_adam_", "adam_", "prefix_adam_", "sorted_masked_weight", "sorted_masked_adam_", "sample_one_hidden_layer"], extra_cflags=_COMPILER_FLAGS, verbose=False,
             )  # fmt: skip
         except Exception as error:  # no compiler, no ninja, an unsupported platform, ...
             _load_error = f"{type(error).__name__}: {error}"

@@ -100,6 +100,17 @@ def _nbytes(masks: MaskSet) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def _cpu_kernels(tensor: torch.Tensor) -> Any:
+    """made_core's compiled CPU kernels for ``tensor`` (float32 or float64 on the CPU), built on
+    first use; None elsewhere, where they cannot be built, or with ``MADE_FUSED_ADAM=0``."""
+    from made_core.allocator import opted_out
+    from made_core.fused_adam import OPT_OUT_VARIABLE, load_kernels  # imports this module
+
+    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64) or opted_out(OPT_OUT_VARIABLE):
+        return None
+    return load_kernels()
+
+
 class MADE(nn.Module):
     """Masked Autoencoder for Distribution Estimation over D binary variables.
 
@@ -275,8 +286,9 @@ class MADE(nn.Module):
         Uniforms u (n, D) are drawn once (column k for the k-th dimension of the ordering) and
         x_d = 1 when u < p(x_d = 1 | x_<d), compared as log(u / (1 - u)) < logit so that no
         sigmoid is taken per dimension. A one-hidden-layer model updates its hidden
-        pre-activations one input at a time, so all D dimensions cost about one forward pass;
-        a deeper one makes a full pass per dimension (``sample_by_passes``).
+        pre-activations one input at a time, so all D dimensions cost about one forward pass (on
+        the CPU in made_core's compiled kernels where they build); a deeper one makes a full pass
+        per dimension (``sample_by_passes``).
         """
         uniforms = torch.rand(n, self.input_dim, generator=generator, device=self.device, dtype=self.output_layer.weight.dtype)
         if len(self.hidden_layers) == 1:
@@ -299,6 +311,15 @@ class MADE(nn.Module):
         order, weights = self.masks(mask_index).order, self.masked_weights(mask_index)
         hidden_weight, output_weight = weights.hidden[0], weights.output
         hidden_bias, output_bias = self.masked_layers()[0].bias, self.output_layer.bias
+        kernels = _cpu_kernels(uniforms)
+        if kernels is not None and hidden_bias is not None and output_bias is not None:
+            # The same loop in C++, one sample row per task: here its 4 small torch operations per
+            # dimension cost more in dispatch than in arithmetic.
+            direct = uniforms.new_empty(0) if weights.direct is None else weights.direct.contiguous()
+            return kernels.sample_one_hidden_layer(
+                torch.logit(uniforms).contiguous(), order.contiguous(), hidden_weight.t().contiguous(), hidden_bias.contiguous(),
+                output_weight.contiguous(), output_bias.contiguous(), direct, self.activation == "relu",
+            )  # fmt: skip
         activation = ACTIVATION_FUNCTIONS[self.activation]
         # Per-dimension vectors as contiguous rows: a strided column costs more than its math.
         thresholds = torch.logit(uniforms).t().contiguous()  # (D, n), row k for ordering position k

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import made_core.model as model_module
 from made_core.evaluate import evaluate_nll, example_log_probs
 from made_core.hyperparameters import MASK_SAMPLING
 from made_core.masks import input_degrees, make_masks, make_ordering
@@ -435,8 +436,11 @@ def test_batched_evaluation_equals_the_ensemble(num_masks, n_masks):
 @pytest.mark.parametrize("num_masks,ordering", CONNECTIVITIES)
 @pytest.mark.parametrize("hidden_sizes", [(16,), (16, 12), (16, 12, 10)])
 @pytest.mark.parametrize("direct_connection", [False, True])
-def test_sampling_equals_a_full_pass_per_dimension_given_the_same_uniforms(num_masks, ordering, hidden_sizes, direct_connection):
-    model = MADE(9, hidden_sizes, num_masks, ordering, direct_connection, "tanh", seed=5).double()
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_sampling_equals_a_full_pass_per_dimension_given_the_same_uniforms(
+    num_masks, ordering, hidden_sizes, direct_connection, activation
+):
+    model = MADE(9, hidden_sizes, num_masks, ordering, direct_connection, activation, seed=5).double()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0, 1.5, generator=torch.Generator().manual_seed(2))
@@ -446,6 +450,24 @@ def test_sampling_equals_a_full_pass_per_dimension_given_the_same_uniforms(num_m
     generator = torch.Generator().manual_seed(3)
     assert torch.equal(model.sample(500, mask_index, generator=generator), reference)  # sample draws the same uniforms
     assert 0 < reference.mean() < 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("direct_connection", [False, True])
+def test_the_compiled_sampler_draws_what_the_torch_loop_draws(monkeypatch, dtype, activation, direct_connection):
+    model = MADE(40, [30], 1, "random", direct_connection, activation, seed=2).to(dtype)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 1.0, generator=torch.Generator().manual_seed(4))
+    uniforms = torch.rand(300, 40, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    assert model_module._cpu_kernels(uniforms) is not None
+    with torch.no_grad():  # as in MADE.sample
+        compiled = model._sample_one_hidden_layer(0, uniforms)
+        monkeypatch.setenv("MADE_FUSED_ADAM", "0")
+        assert model_module._cpu_kernels(uniforms) is None
+        looped = model._sample_one_hidden_layer(0, uniforms)
+    assert compiled.dtype == dtype and torch.equal(compiled, looped) and 0 < float(compiled.mean()) < 1
 
 
 def test_two_layer_samples_follow_model_distribution():
