@@ -26,8 +26,11 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -334,16 +337,47 @@ def _put_ninja_on_path() -> str:
     return str(getattr(ninja, "__version__", ""))
 
 
+STALE_BUILD_LOCK_SECONDS = 300.0
+"""A build takes 25-70 s: a build folder's lock file older than this was left by a build that was
+killed (torch removes it only when its build ends), and torch would wait on it for ever."""
+
+
+def clear_stale_build_lock(build_directory: Path, stale_after: float = STALE_BUILD_LOCK_SECONDS) -> None:
+    """Wait while another process builds in ``build_directory`` (its ``lock`` file exists); once
+    that lock is older than ``stale_after`` seconds, delete the folder, half-built files and all,
+    with a warning, so that the next build starts clean."""
+    lock = build_directory / "lock"
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > stale_after:
+            warnings.warn(
+                f"made_core.fused_adam: {lock} is {age:.0f} s old, left by a kernel build that was killed; "
+                "deleting that build folder and building again",
+                stacklevel=3,
+            )
+            shutil.rmtree(build_directory, ignore_errors=True)
+            return
+        time.sleep(0.5)
+
+
 def load_kernels() -> Any:
     """The compiled kernels, built on first use; None (after one warning) when they cannot be built."""
     global _kernels, _load_error
     if _kernels is None and _load_error is None:
         try:
-            from torch.utils.cpp_extension import load_inline
+            from torch.utils.cpp_extension import get_default_build_root, load_inline
 
             ninja_version = _put_ninja_on_path()
+            name = f"made_fused_adam_{_build_key(ninja_version)}"
+            # Our own folder under torch's build root, so that a stale lock in it can be found.
+            build_directory = Path(get_default_build_root()) / "made_core" / name
+            clear_stale_build_lock(build_directory)
+            build_directory.mkdir(parents=True, exist_ok=True)
             _kernels = load_inline(
-                f"made_fused_adam_{_build_key(ninja_version)}", cpp_sources=_KERNELS_SOURCE,
+                name, cpp_sources=_KERNELS_SOURCE, build_directory=str(build_directory),
                 functions=["masked_weight", "masked_adam_", "adam_", "prefix_adam_", "sorted_masked_weight", "sorted_masked_adam_", "sample_one_hidden_layer"], extra_cflags=_COMPILER_FLAGS, verbose=False,
             )  # fmt: skip
         except Exception as error:  # no compiler, no ninja, an unsupported platform, ...

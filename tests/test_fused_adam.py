@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +153,28 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
     trainer = Trainer(TrainConfig(hidden_sizes=(16,), num_masks=2, max_epochs=1), ROWS[:500], ROWS[500:])
     assert type(trainer.optimizer) is torch.optim.Adam
     trainer.run_to_validation()
+
+
+def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_waited_for(tmp_path):
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "lock").touch()
+    (stale / "half_built.o").write_text("")
+    old = time.time() - 2 * fused_adam.STALE_BUILD_LOCK_SECONDS
+    os.utime(stale / "lock", (old, old))
+    with pytest.warns(UserWarning, match="left by a kernel build that was killed"):
+        fused_adam.clear_stale_build_lock(stale)
+    assert not stale.exists()  # the half-built files went with the lock
+
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "lock").touch()
+    (live / "built.so").write_text("")
+    threading.Timer(0.6, (live / "lock").unlink).start()  # the other build finishes
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused_adam.clear_stale_build_lock(live)
+    assert time.monotonic() - started >= 0.5 and (live / "built.so").exists()
+
+    fused_adam.clear_stale_build_lock(tmp_path / "never built")  # no folder: nothing to wait for
