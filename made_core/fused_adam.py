@@ -390,23 +390,27 @@ def load_kernels() -> Any:
     return _kernels
 
 
+def enabled_kernels() -> Any:
+    """The compiled kernels for code that can do without them: None with ``MADE_FUSED_ADAM=0``
+    or where they cannot be built."""
+    return None if opted_out(OPT_OUT_VARIABLE) else load_kernels()
+
+
 def masked_adam_applies(model: MADE, device: torch.device, grad_clip: float | None) -> bool:
     """Whether ``MaskedAdam`` can train ``model``: several masks (or mask sampling), float32 on the
     CPU, no gradient clipping (its norm needs the masked gradients), not opted out, kernels built."""
-    if opted_out(OPT_OUT_VARIABLE):
-        return False
     if model.num_masks == 1 or device.type != "cpu" or grad_clip is not None:
         return False
     if any(parameter.dtype != torch.float32 for parameter in model.parameters()):
         return False
-    return load_kernels() is not None
+    return enabled_kernels() is not None
 
 
 def kernel_adam_reproduces(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer`` is a ``torch.optim.Adam`` that the kernels' Adam reproduces (L2 weight
     decay; no AMSGrad, maximize, capturable or differentiable mode) over float32 CPU parameters,
     with the kernels built."""
-    if type(optimizer) is not torch.optim.Adam or opted_out(OPT_OUT_VARIABLE):
+    if type(optimizer) is not torch.optim.Adam:
         return False
     for group in optimizer.param_groups:
         if group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]:
@@ -415,7 +419,7 @@ def kernel_adam_reproduces(optimizer: torch.optim.Optimizer) -> bool:
             return False
         if torch.is_tensor(group["lr"]):
             return False
-    return load_kernels() is not None
+    return enabled_kernels() is not None
 
 
 AdamUpdate = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, ...]]

@@ -103,12 +103,11 @@ def _nbytes(masks: MaskSet) -> int:
 def _cpu_kernels(tensor: torch.Tensor) -> Any:
     """made_core's compiled CPU kernels for ``tensor`` (float32 or float64 on the CPU), built on
     first use; None elsewhere, where they cannot be built, or with ``MADE_FUSED_ADAM=0``."""
-    from made_core.allocator import opted_out
-    from made_core.fused_adam import OPT_OUT_VARIABLE, load_kernels  # imports this module
+    from made_core.fused_adam import enabled_kernels  # imports this module
 
-    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64) or opted_out(OPT_OUT_VARIABLE):
+    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
         return None
-    return load_kernels()
+    return enabled_kernels()
 
 
 class MADE(nn.Module):

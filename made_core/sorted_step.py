@@ -42,19 +42,27 @@ MIN_STEPS_BETWEEN_SETTLES = 50
 steps' savings: below this many steps per validation interval the step stays in natural coordinates."""
 
 
+def _sorted_coordinates_pay(model: MADE, precision: str) -> bool:
+    """What both sorted steps need: full precision, ReLU or tanh units (``forward_backward``'s),
+    enough dimensions, not opted out."""
+    return (
+        not opted_out(OPT_OUT_VARIABLE)
+        and precision == DEFAULT_PRECISION
+        and model.activation in ("relu", "tanh")
+        and model.input_dim >= MIN_INPUT_DIM
+    )
+
+
 def sorted_training_applies(model: MADE, precision: str, steps_per_settle: int) -> bool:
     """Whether a one-mask ``model`` trains through ``SortedFixedMaskStep``: float32 or float64
     on the CPU in full precision, ReLU or tanh units, enough dimensions and steps between settles,
     not opted out."""
     weight = model.output_layer.weight
     return (
-        not opted_out(OPT_OUT_VARIABLE)
+        _sorted_coordinates_pay(model, precision)
         and model.num_masks == 1
         and weight.device.type == "cpu"
         and weight.dtype in (torch.float32, torch.float64)
-        and precision == DEFAULT_PRECISION
-        and model.activation in ("relu", "tanh")
-        and model.input_dim >= MIN_INPUT_DIM
         and steps_per_settle >= MIN_STEPS_BETWEEN_SETTLES
     )
 
@@ -260,14 +268,7 @@ def sorted_masks_apply(model: MADE, optimizer: torch.optim.Optimizer, precision:
     under ``MaskedAdam`` (float32 on the CPU), in full precision, ReLU or tanh units, enough
     dimensions, not opted out. Not mask sampling: a sampled mask's sorted layout serves one step,
     and building it (about 0.8 ms at 784 x 500) costs more than its blocks save."""
-    return (
-        not opted_out(OPT_OUT_VARIABLE)
-        and isinstance(optimizer, MaskedAdam)
-        and model.num_masks != MASK_SAMPLING
-        and precision == DEFAULT_PRECISION
-        and model.activation in ("relu", "tanh")
-        and model.input_dim >= MIN_INPUT_DIM
-    )
+    return _sorted_coordinates_pay(model, precision) and isinstance(optimizer, MaskedAdam) and model.num_masks != MASK_SAMPLING
 
 
 def _kernel_layout(stairs: Staircase) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
