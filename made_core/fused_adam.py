@@ -13,7 +13,9 @@ both into the optimiser's own pass over the weights. One C++ loop per weight mat
 The same source has the kernels of ``made_core.sorted_step``, which train in degree-sorted
 coordinates: ``prefix_adam_`` (Adam on each row's staircase prefix) and ``sorted_masked_adam_``
 (``masked_adam_`` reading a sorted gradient and writing the next mask's sorted masked weight),
-and ``made_core.model``'s sampler for one hidden layer, ``sample_one_hidden_layer``.
+``made_core.model``'s sampler for one hidden layer, ``sample_one_hidden_layer``, and its Bernoulli
+log-likelihood in one pass, ``bernoulli_rows`` and ``bernoulli_columns_`` (the latter also writes
+the loss's gradient for ``made_core.sorted_step``).
 
 The kernels are compiled on first use (``torch.utils.cpp_extension.load_inline``: g++ and ninja,
 about 25 s, cached per CPU model because they are built for the CPU they run on, and per torch
@@ -49,6 +51,7 @@ _KERNELS_SOURCE = r"""
 #include <tuple>
 #include <vector>
 #include <cmath>
+#include <cstring>
 
 // Row r of a masked weight sees column c when columns[c] < rows[r] + shift (shift 1: >=, 0: >).
 static void check(const torch::Tensor& t, const char* name) {
@@ -231,6 +234,126 @@ void sorted_masked_adam_(torch::Tensor param, torch::Tensor sorted_grad, torch::
   });
 }
 
+// log p(x | logits) of 0/1 inputs, sum over dimensions of x l - softplus(l), in one pass.
+// softplus(l) = max(l, 0) + log(1 + exp(-|l|)): exp is a polynomial the compiler vectorises (libm's
+// is a scalar call here), and one log per 16 dimensions takes the product of their factors
+// 1 + exp(-|l|) in (1, 2], below 2^16. Sums of 16 terms in scalar_t, totals in double.
+static inline float exp_nonpositive(float t) {  // exp(t) for t <= 0, Cephes' expf polynomial
+  t = t < -87.0f ? -87.0f : t;
+  const float n = std::floor(t * 1.44269504088896341f + 0.5f);
+  float r = t - n * 0.693359375f;
+  r -= n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f; p = p * r + 8.3334519073e-3f; p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f; p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale; std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+static inline double exp_nonpositive(double t) { return std::exp(t); }
+static inline float log_positive(float x) {  // log(x) for normal x > 0, Cephes' logf polynomial
+  int32_t bits; std::memcpy(&bits, &x, sizeof bits);
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126);
+  bits = (bits & 0x807fffff) | 0x3f000000;  // x = m 2^e, m in [0.5, 1)
+  float m; std::memcpy(&m, &bits, sizeof m);
+  const bool low = m < 0.707106781186547524f;
+  m = low ? m + m - 1.0f : m - 1.0f;
+  e = low ? e - 1.0f : e;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f; y = y * m + 1.1676998740e-1f; y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f; y = y * m - 1.6668057665e-1f; y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f; y = y * m + 3.3333331174e-1f;
+  y = y * m * z + e * -2.12194440e-4f - 0.5f * z;
+  return m + y + e * 0.693359375f;
+}
+static inline double log_positive(double x) { return std::log(x); }
+
+// One tile of at most TILE columns b0.. of bernoulli_columns_.
+template <typename scalar_t>
+static void bernoulli_tile(scalar_t* l_ptr, const scalar_t* x_ptr, scalar_t* out, int64_t D, int64_t B, int64_t b0, int64_t width,
+                           scalar_t scale, bool write) {
+  constexpr int64_t TILE = 64, CHUNK = 16;
+  double total[TILE]; scalar_t sum[TILE], product[TILE];
+  for (int64_t j = 0; j < TILE; ++j) { total[j] = 0; sum[j] = 0; product[j] = 1; }
+  for (int64_t d = 0; d < D; ++d) {
+    scalar_t* l = l_ptr + d * B + b0; const scalar_t* xv = x_ptr + d * B + b0;
+    #pragma omp simd
+    for (int64_t j = 0; j < width; ++j) {
+      const scalar_t v = l[j], magnitude = v < 0 ? -v : v, e = exp_nonpositive(-magnitude), factor = 1 + e;
+      sum[j] += v * (xv[j] - scalar_t(0.5)) - scalar_t(0.5) * magnitude;  // x l - max(l, 0)
+      product[j] *= factor;
+      if (write) l[j] = ((v >= 0 ? scalar_t(1) : e) / factor - xv[j]) * scale;
+    }
+    if ((d + 1) % CHUNK == 0 || d + 1 == D) {
+      #pragma omp simd
+      for (int64_t j = 0; j < width; ++j) {
+        total[j] += static_cast<double>(sum[j] - log_positive(product[j]));
+        sum[j] = 0; product[j] = 1;
+      }
+    }
+  }
+  for (int64_t j = 0; j < width; ++j) out[b0 + j] = static_cast<scalar_t>(total[j]);
+}
+
+// logits and x (D, B), contiguous: returns (B,) log-likelihoods; with grad_scale != 0, also
+// overwrites logits with grad_scale * (sigmoid(l) - x), d(-log p)/dl scaled (a loss's gradient).
+torch::Tensor bernoulli_columns_(torch::Tensor logits, torch::Tensor x, double grad_scale) {
+  TORCH_CHECK(logits.dim() == 2 && logits.sizes() == x.sizes(), "logits and x must be (D, B) of one shape");
+  TORCH_CHECK(logits.device().is_cpu() && logits.is_contiguous() && x.is_contiguous() && x.scalar_type() == logits.scalar_type(),
+              "logits and x must be contiguous CPU tensors of one dtype");
+  const int64_t D = logits.size(0), B = logits.size(1), TILE = 64;
+  auto out = torch::empty({B}, logits.options());
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "bernoulli_columns_", [&] {
+    scalar_t* l_ptr = logits.data_ptr<scalar_t>(); const scalar_t* x_ptr = x.data_ptr<scalar_t>(); scalar_t* o_ptr = out.data_ptr<scalar_t>();
+    // About 32k elements a task: below that a thread costs more than it saves.
+    at::parallel_for(0, (B + TILE - 1) / TILE, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, D * TILE)), [&](int64_t begin, int64_t end) {
+      for (int64_t tile = begin; tile < end; ++tile)
+        bernoulli_tile<scalar_t>(l_ptr, x_ptr, o_ptr, D, B, tile * TILE, std::min(TILE, B - tile * TILE), static_cast<scalar_t>(grad_scale), grad_scale != 0.0);
+    });
+  });
+  return out;
+}
+
+// The same for logits and x (B, D), contiguous: (B,) log-likelihoods, a row per task, the row's
+// dimensions in LANES interleaved partial sums.
+template <typename scalar_t>
+static double bernoulli_row(const scalar_t* l, const scalar_t* x, int64_t D) {
+  constexpr int64_t LANES = 16, CHUNK = 16;
+  double total = 0; scalar_t sum[LANES], product[LANES];
+  for (int64_t j = 0; j < LANES; ++j) { sum[j] = 0; product[j] = 1; }
+  for (int64_t d0 = 0, steps = 1; d0 < D; d0 += LANES, ++steps) {
+    const int64_t width = std::min(LANES, D - d0);
+    #pragma omp simd
+    for (int64_t j = 0; j < width; ++j) {
+      const scalar_t v = l[d0 + j], magnitude = v < 0 ? -v : v;
+      sum[j] += v * (x[d0 + j] - scalar_t(0.5)) - scalar_t(0.5) * magnitude;
+      product[j] *= 1 + exp_nonpositive(-magnitude);
+    }
+    if (steps % CHUNK == 0 || d0 + LANES >= D) {
+      #pragma omp simd reduction(+:total)
+      for (int64_t j = 0; j < LANES; ++j) { total += static_cast<double>(sum[j] - log_positive(product[j])); sum[j] = 0; product[j] = 1; }
+    }
+  }
+  return total;
+}
+
+torch::Tensor bernoulli_rows(torch::Tensor logits, torch::Tensor x) {
+  TORCH_CHECK(logits.dim() == 2 && logits.sizes() == x.sizes(), "logits and x must be (B, D) of one shape");
+  TORCH_CHECK(logits.device().is_cpu() && logits.is_contiguous() && x.is_contiguous() && x.scalar_type() == logits.scalar_type(),
+              "logits and x must be contiguous CPU tensors of one dtype");
+  const int64_t B = logits.size(0), D = logits.size(1);
+  auto out = torch::empty({B}, logits.options());
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "bernoulli_rows", [&] {
+    const scalar_t* l_ptr = logits.data_ptr<scalar_t>(); const scalar_t* x_ptr = x.data_ptr<scalar_t>(); scalar_t* o_ptr = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, D)), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) o_ptr[b] = static_cast<scalar_t>(bernoulli_row<scalar_t>(l_ptr + b * D, x_ptr + b * D, D));
+    });
+  });
+  return out;
+}
+
 // Samples of a one-hidden-layer MADE, one row per task: the row's hidden pre-activations start at
 // the bias, and setting input d to 1 adds column d of the masked hidden weight, so all D
 // dimensions cost about one forward pass. thresholds (n, D): logit(u) by ordering position;
@@ -378,7 +501,7 @@ def load_kernels() -> Any:
             build_directory.mkdir(parents=True, exist_ok=True)
             _kernels = load_inline(
                 name, cpp_sources=_KERNELS_SOURCE, build_directory=str(build_directory),
-                functions=["masked_weight", "masked_adam_", "adam_", "prefix_adam_", "sorted_masked_weight", "sorted_masked_adam_", "sample_one_hidden_layer"], extra_cflags=_COMPILER_FLAGS, verbose=False,
+                functions=["masked_weight", "masked_adam_", "adam_", "prefix_adam_", "sorted_masked_weight", "sorted_masked_adam_", "sample_one_hidden_layer", "bernoulli_columns_", "bernoulli_rows"], extra_cflags=_COMPILER_FLAGS, verbose=False,
             )  # fmt: skip
         except Exception as error:  # no compiler, no ninja, an unsupported platform, ...
             _load_error = f"{type(error).__name__}: {error}"

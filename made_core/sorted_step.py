@@ -28,7 +28,7 @@ from made_core.allocator import opted_out
 from made_core.blocked import BLOCKS, Staircase, blocks_of, staircases
 from made_core.fused_adam import MaskedAdam, adam_updates, kernel_adam_reproduces, load_kernels
 from made_core.hyperparameters import MASK_SAMPLING
-from made_core.model import MADE, bernoulli_log_likelihood
+from made_core.model import MADE, bernoulli_log_likelihood, likelihood_kernels
 from made_core.precision import DEFAULT_PRECISION
 from made_core.steps import FixedMaskStep, TrainingStep
 
@@ -238,7 +238,6 @@ def forward_backward(layers: Sequence[_SortedLayer], x: torch.Tensor, model: MAD
     sorted. Feature-major and by hand: the network is a chain of masked linear layers."""
     depth = len(model.hidden_sizes)
     relu = model.activation == "relu"
-    batch_size = x.shape[1]
     hidden_layers, output, direct = layers[:depth], layers[depth], layers[depth + 1 :]
     activations = [x]
     for layer in hidden_layers:
@@ -247,8 +246,7 @@ def forward_backward(layers: Sequence[_SortedLayer], x: torch.Tensor, model: MAD
     logits = output.forward(activations[-1])
     for layer in direct:
         layer.accumulate(logits, x)
-    loss = -bernoulli_log_likelihood(logits, x, dim=0).sum() / batch_size
-    grad = logits.sigmoid_().sub_(x).div_(batch_size)  # d loss / d logits
+    loss, grad = loss_and_logit_gradient_(logits, x)
     for layer in direct:
         layer.weight_gradient(grad, x)
     bias_gradients = [grad.sum(1)]  # the output layer's, then the hidden layers' from the last
@@ -261,6 +259,17 @@ def forward_backward(layers: Sequence[_SortedLayer], x: torch.Tensor, model: MAD
         bias_gradients.append(grad.sum(1))
         hidden_layers[index].weight_gradient(grad, activations[index])
     return loss, [*reversed(bias_gradients[1:]), bias_gradients[0]]
+
+
+def loss_and_logit_gradient_(logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss (nats per example) of (D, B) ``logits`` on the inputs ``x`` and its gradient
+    d loss / d logits, written over ``logits``: in one pass by the compiled kernel where it applies."""
+    batch_size = x.shape[1]
+    kernels = likelihood_kernels(logits, x)
+    if kernels is not None:
+        return -kernels.bernoulli_columns_(logits, x, 1.0 / batch_size).sum() / batch_size, logits
+    loss = -bernoulli_log_likelihood(logits, x, dim=0).sum() / batch_size
+    return loss, logits.sigmoid_().sub_(x).div_(batch_size)
 
 
 def sorted_masks_apply(model: MADE, optimizer: torch.optim.Optimizer, precision: str) -> bool:

@@ -205,19 +205,33 @@ def test_normalised_single_masks_and_ensembles(num_masks, ordering, direct_conne
             assert model.mask_log_prob(x, 2).exp().sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.parametrize("dim", [2, 15, 16, 17, 100])
-def test_bernoulli_log_likelihood_without_autograd_equals_bce(dim):
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+@pytest.mark.parametrize("dim", [1, 2, 15, 16, 17, 100, 257])
+def test_bernoulli_log_likelihood_without_autograd_equals_bce(dim, layout, path, monkeypatch):
     # Logits from 0.1 to 100 in magnitude: the chunked products of 1 + exp(-|l|) must not overflow.
+    # Both layouts, (B, D) reduced over dim 1 and (D, B) over dim 0, by the compiled kernel and by
+    # torch's operations (the fallback where the kernels cannot be built).
+    if path == "kernel" and model_module._cpu_kernels(torch.zeros(1)) is None:
+        pytest.skip("the compiled kernels could not be built here")
+    if path == "torch":
+        monkeypatch.setattr(model_module, "_cpu_kernels", lambda tensor: None)
     generator = torch.Generator().manual_seed(dim)
     scales = torch.tensor([0.1, 1.0, 5.0, 30.0, 100.0], dtype=torch.float64)
     logits = (
-        torch.randn(40, dim, generator=generator, dtype=torch.float64) * scales[torch.randint(0, 5, (40, 1), generator=generator)]
+        torch.randn(70, dim, generator=generator, dtype=torch.float64) * scales[torch.randint(0, 5, (70, 1), generator=generator)]
     )
-    x = (torch.rand(40, dim, generator=generator) < 0.4).double()
+    x = (torch.rand(70, dim, generator=generator) < 0.4).double()
     exact = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+    reduced = 1 if layout == "rows" else 0
+
+    def arranged(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if layout == "rows" else tensor.t().contiguous()
+
     with torch.no_grad():
-        assert torch.allclose(bernoulli_log_likelihood(logits, x), exact, rtol=0, atol=1e-10)
-        single = bernoulli_log_likelihood(logits.float(), x.float()).double()
+        double = bernoulli_log_likelihood(arranged(logits), arranged(x), dim=reduced)
+        assert torch.allclose(double, exact, rtol=0, atol=1e-10)
+        single = bernoulli_log_likelihood(arranged(logits).float(), arranged(x).float(), dim=reduced).double()
         assert torch.allclose(single, exact, rtol=1e-6, atol=1e-4)
     # With autograd it is BCE-with-logits itself, with its gradients.
     tracked = logits.clone().requires_grad_(True)

@@ -212,3 +212,25 @@ def test_many_mask_models_train_sorted_where_it_pays(monkeypatch):
         assert b.valid_nll == pytest.approx(a.valid_nll, abs=1e-4) and b.train_nll == pytest.approx(a.train_nll, abs=1e-4)
     monkeypatch.setenv("MADE_SORTED_STEP", "0")
     assert isinstance(Trainer(config, rows, rows[:30]).train_step, FusedAdamStep)
+
+
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_loss_and_its_logit_gradient_are_bces(path, dtype, monkeypatch):
+    # One pass by the compiled kernel, or torch's operations where it cannot be built: the mean
+    # BCE-with-logits of the minibatch and its gradient, written over the logits.
+    if path == "kernel" and load_kernels() is None:
+        pytest.skip("the compiled kernels could not be built here")
+    if path == "torch":
+        monkeypatch.setattr(sorted_step, "likelihood_kernels", lambda logits, x: None)
+    generator = torch.Generator().manual_seed(3)
+    logits = (torch.randn(37, 70, generator=generator, dtype=torch.float64) * 8).to(dtype)  # (D, B)
+    x = (torch.rand(37, 70, generator=generator) < 0.3).to(dtype)
+    tracked = logits.clone().double().requires_grad_(True)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(tracked, x.double(), reduction="sum") / 70
+    expected.backward()
+    loss, gradient = sorted_step.loss_and_logit_gradient_(logits, x)
+    assert gradient.data_ptr() == logits.data_ptr()
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert float(loss) == pytest.approx(expected.item(), rel=tolerance)
+    assert torch.allclose(gradient.double(), tracked.grad, rtol=0, atol=tolerance)
