@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from made_core.masks import LayerDegrees, make_degrees, make_ordering
-from made_core.model import ACTIVATION_FUNCTIONS, MADE, MaskedWeights, bernoulli_log_likelihood
+from made_core.model import ACTIVATION_FUNCTIONS, MADE, MaskedWeights, bernoulli_log_likelihood, cpu_kernels
 
 BLOCKS = 4
 """Row blocks per masked layer: more skip more work, in narrower matmuls that run slower per FLOP."""
@@ -148,6 +148,17 @@ class BlockedNetwork:
 
     def log_prob_of_columns(self, columns: torch.Tensor) -> torch.Tensor:
         """(B,) log p(x) for the (D, B) transpose of the rows (``x.t()``, any strides)."""
+        kernels = cpu_kernels(columns) if self.activation in ("relu", "tanh") else None
+        if kernels is not None:
+            # The same network in C++: each thread takes a slice of the columns through every
+            # layer, where torch would split each narrow block's matmul between the threads.
+            layers = [*self.hidden, self.output, *([self.direct] if self.direct is not None else [])]
+            return kernels.blocked_log_prob(
+                columns, self.order, [list(layer.weights) for layer in layers],
+                [columns.new_empty(0) if layer.bias is None else layer.bias[:, 0] for layer in layers],
+                [list(layer.starts) for layer in layers], [list(layer.widths) for layer in layers],
+                len(self.hidden), self.direct is not None, self.activation == "relu",
+            )  # fmt: skip
         inputs = columns.index_select(0, self.order)
         act = ACTIVATION_FUNCTIONS[self.activation]
         hidden = inputs

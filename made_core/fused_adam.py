@@ -13,9 +13,10 @@ both into the optimiser's own pass over the weights. One C++ loop per weight mat
 The same source has the kernels of ``made_core.sorted_step``, which train in degree-sorted
 coordinates: ``prefix_adam_`` (Adam on each row's staircase prefix) and ``sorted_masked_adam_``
 (``masked_adam_`` reading a sorted gradient and writing the next mask's sorted masked weight),
-``made_core.model``'s sampler for one hidden layer, ``sample_one_hidden_layer``, and its Bernoulli
+``made_core.model``'s sampler for one hidden layer, ``sample_one_hidden_layer``, its Bernoulli
 log-likelihood in one pass, ``bernoulli_rows`` and ``bernoulli_columns_`` (the latter also writes
-the loss's gradient for ``made_core.sorted_step``).
+the loss's gradient for ``made_core.sorted_step``), and ``made_core.blocked``'s network with a slice
+of the columns per thread, ``blocked_log_prob``.
 
 The kernels are compiled on first use (``torch.utils.cpp_extension.load_inline``: g++ and ninja,
 about 25 s, cached per CPU model because they are built for the CPU they run on, and per torch
@@ -354,6 +355,69 @@ torch::Tensor bernoulli_rows(torch::Tensor logits, torch::Tensor x) {
   return out;
 }
 
+// made_core.blocked's network on the columns (D, N) of N rows: each thread takes a slice of the
+// columns through every layer with single-threaded matmuls (ATen runs ops inside a parallel region
+// on one thread), so the narrow blocks' matmuls do not split across threads, and the activations
+// stay in that thread's cache. Layers: the hidden ones, the output, then the direct one if any;
+// layer i's block b writes rows starts[i][b]..starts[i][b + 1] from its first widths[i][b] inputs
+// with block_weights[i][b] and biases[i] (empty: none). Returns (N,) log p(x).
+template <typename scalar_t>
+static void blocked_slice(const torch::Tensor& columns, const torch::Tensor& order, const std::vector<std::vector<torch::Tensor>>& block_weights,
+                          const std::vector<torch::Tensor>& biases, const std::vector<std::vector<int64_t>>& starts,
+                          const std::vector<std::vector<int64_t>>& widths, int64_t depth, bool has_direct, bool relu,
+                          torch::Tensor& out, int64_t c0, int64_t n) {
+  const auto x = columns.narrow(1, c0, n).index_select(0, order);  // (D, n), inputs in the mask's ordering
+  auto apply = [&](size_t layer, const torch::Tensor& inputs, torch::Tensor& target, bool accumulate) {
+    const auto& bias = biases[layer];
+    for (size_t b = 0; b + 1 < starts[layer].size(); ++b) {
+      const int64_t start = starts[layer][b], rows = starts[layer][b + 1] - start, width = widths[layer][b];
+      auto part = target.narrow(0, start, rows);
+      if (accumulate) { if (width) part.addmm_(block_weights[layer][b], inputs.narrow(0, 0, width)); }
+      else if (width == 0) { if (bias.numel()) part.copy_(bias.narrow(0, start, rows).unsqueeze(1).expand_as(part)); else part.zero_(); }
+      else if (bias.numel()) at::addmm_out(part, bias.narrow(0, start, rows).unsqueeze(1), block_weights[layer][b], inputs.narrow(0, 0, width));
+      else at::mm_out(part, block_weights[layer][b], inputs.narrow(0, 0, width));
+    }
+  };
+  torch::Tensor hidden = x;
+  for (int64_t layer = 0; layer < depth; ++layer) {
+    auto next = at::empty({starts[layer].back(), n}, x.options());
+    apply(layer, hidden, next, false);
+    if (relu) next.relu_(); else next.tanh_();
+    hidden = next;
+  }
+  auto logits = at::empty({x.size(0), n}, x.options());
+  apply(depth, hidden, logits, false);
+  if (has_direct) apply(depth + 1, x, logits, true);
+  const int64_t TILE = 64;
+  auto part = at::empty({n}, x.options());
+  for (int64_t t0 = 0; t0 < n; t0 += TILE)
+    bernoulli_tile<scalar_t>(logits.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), part.data_ptr<scalar_t>(), x.size(0), n, t0, std::min(TILE, n - t0), scalar_t(0), false);
+  out.narrow(0, c0, n).copy_(part);
+}
+
+torch::Tensor blocked_log_prob(torch::Tensor columns, torch::Tensor order, std::vector<std::vector<torch::Tensor>> block_weights,
+                               std::vector<torch::Tensor> biases, std::vector<std::vector<int64_t>> starts, std::vector<std::vector<int64_t>> widths,
+                               int64_t depth, bool has_direct, bool relu) {
+  const size_t layers = static_cast<size_t>(depth + 1 + (has_direct ? 1 : 0));
+  TORCH_CHECK(columns.dim() == 2 && columns.device().is_cpu(), "columns must be a (D, N) CPU tensor");
+  TORCH_CHECK(block_weights.size() == layers && biases.size() == layers && starts.size() == layers && widths.size() == layers,
+              "one entry per layer: the hidden ones, the output and the direct one");
+  TORCH_CHECK(order.scalar_type() == torch::kLong && order.numel() == columns.size(0), "order must hold D int64 indices");
+  const int64_t N = columns.size(1);
+  auto out = at::empty({N}, columns.options());
+  // Slices of at most 512 columns, at least one per thread.
+  const int64_t slices = std::max<int64_t>(at::get_num_threads(), (N + 511) / 512);
+  AT_DISPATCH_FLOATING_TYPES(columns.scalar_type(), "blocked_log_prob", [&] {
+    at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t slice = begin; slice < end; ++slice) {
+        const int64_t c0 = N * slice / slices, c1 = N * (slice + 1) / slices;
+        if (c1 > c0) blocked_slice<scalar_t>(columns, order, block_weights, biases, starts, widths, depth, has_direct, relu, out, c0, c1 - c0);
+      }
+    });
+  });
+  return out;
+}
+
 // Samples of a one-hidden-layer MADE, one row per task: the row's hidden pre-activations start at
 // the bias, and setting input d to 1 adds column d of the masked hidden weight, so all D
 // dimensions cost about one forward pass. thresholds (n, D): logit(u) by ordering position;
@@ -501,7 +565,7 @@ def load_kernels() -> Any:
             build_directory.mkdir(parents=True, exist_ok=True)
             _kernels = load_inline(
                 name, cpp_sources=_KERNELS_SOURCE, build_directory=str(build_directory),
-                functions=["masked_weight", "masked_adam_", "adam_", "prefix_adam_", "sorted_masked_weight", "sorted_masked_adam_", "sample_one_hidden_layer", "bernoulli_columns_", "bernoulli_rows"], extra_cflags=_COMPILER_FLAGS, verbose=False,
+                functions=["masked_weight", "masked_adam_", "adam_", "prefix_adam_", "sorted_masked_weight", "sorted_masked_adam_", "sample_one_hidden_layer", "bernoulli_columns_", "bernoulli_rows", "blocked_log_prob"], extra_cflags=_COMPILER_FLAGS, verbose=False,
             )  # fmt: skip
         except Exception as error:  # no compiler, no ninja, an unsupported platform, ...
             _load_error = f"{type(error).__name__}: {error}"

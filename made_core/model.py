@@ -103,7 +103,7 @@ def _nbytes(masks: MaskSet) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _cpu_kernels(tensor: torch.Tensor) -> Any:
+def cpu_kernels(tensor: torch.Tensor) -> Any:
     """made_core's compiled CPU kernels for ``tensor`` (float32 or float64 on the CPU), built on
     first use; None elsewhere, where they cannot be built, or with ``MADE_FUSED_ADAM=0``."""
     from made_core.fused_adam import enabled_kernels  # imports this module
@@ -120,7 +120,7 @@ def likelihood_kernels(logits: torch.Tensor, x: torch.Tensor) -> Any:
         return None
     if not (logits.is_contiguous() and x.is_contiguous()):
         return None
-    return _cpu_kernels(logits)
+    return cpu_kernels(logits)
 
 
 class MADE(nn.Module):
@@ -323,7 +323,7 @@ class MADE(nn.Module):
         order, weights = self.masks(mask_index).order, self.masked_weights(mask_index)
         hidden_weight, output_weight = weights.hidden[0], weights.output
         hidden_bias, output_bias = self.masked_layers()[0].bias, self.output_layer.bias
-        kernels = _cpu_kernels(uniforms)
+        kernels = cpu_kernels(uniforms)
         if kernels is not None and hidden_bias is not None and output_bias is not None:
             # The same loop in C++, one sample row per task: here its 4 small torch operations per
             # dimension cost more in dispatch than in arithmetic.

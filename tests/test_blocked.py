@@ -19,8 +19,16 @@ DEPTHS = [(16,), (24, 12), (20, 12, 30)]
     "hidden_sizes,ordering,direct_connection", list(itertools.product(DEPTHS, ["natural", "random", "agnostic"], [False, True]))
 )
 @pytest.mark.parametrize("num_masks", [1, 4, 0])
-def test_blocked_network_equals_the_dense_one(hidden_sizes, ordering, direct_connection, num_masks):
-    model = MADE(11, hidden_sizes, num_masks, ordering, direct_connection, activation="tanh", seed=5).double()
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_blocked_network_equals_the_dense_one(hidden_sizes, ordering, direct_connection, num_masks, path, monkeypatch):
+    # By the compiled kernel (a slice of the columns per thread) and by torch's operations (the
+    # fallback where the kernels cannot be built), ReLU or tanh units by the mask count.
+    if path == "kernel" and blocked.cpu_kernels(torch.zeros(1)) is None:
+        pytest.skip("the compiled kernels could not be built here")
+    if path == "torch":
+        monkeypatch.setattr(blocked, "cpu_kernels", lambda tensor: None)
+    activation = "relu" if num_masks == 4 else "tanh"
+    model = MADE(11, hidden_sizes, num_masks, ordering, direct_connection, activation=activation, seed=5).double()
     with torch.no_grad():
         for parameter in model.parameters():  # far from uniform outputs
             parameter.normal_(0, 1.0)
@@ -62,3 +70,16 @@ def test_evaluation_takes_the_blocked_path_where_it_pays(monkeypatch):
     )
     assert torch.allclose(mask_log_probs(model, rows, 4, batch_size=16), dense, atol=1e-5)
     assert len(calls) == 4 * 4  # every mask, every batch of 16 of the 50 rows
+
+
+@pytest.mark.parametrize("rows", [1, 37, 1300])
+def test_the_kernel_slices_any_column_count_in_float32(rows):
+    # Slices of at most 512 columns, at least one per thread; the columns a strided view.
+    if blocked.cpu_kernels(torch.zeros(1)) is None:
+        pytest.skip("the compiled kernels could not be built here")
+    model = MADE(13, (30, 20), 4, "agnostic", direct_connection=True, seed=3)
+    x = (torch.rand(rows, 13, generator=torch.Generator().manual_seed(2)) < 0.4).float()
+    with torch.no_grad():
+        weights = model.masked_weights(1)
+        network = blocked_network(model, 1, weights)
+        assert torch.allclose(network.log_prob(x), model.log_prob_with(x, weights), rtol=1e-6, atol=1e-4)

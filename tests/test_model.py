@@ -212,10 +212,10 @@ def test_bernoulli_log_likelihood_without_autograd_equals_bce(dim, layout, path,
     # Logits from 0.1 to 100 in magnitude: the chunked products of 1 + exp(-|l|) must not overflow.
     # Both layouts, (B, D) reduced over dim 1 and (D, B) over dim 0, by the compiled kernel and by
     # torch's operations (the fallback where the kernels cannot be built).
-    if path == "kernel" and model_module._cpu_kernels(torch.zeros(1)) is None:
+    if path == "kernel" and model_module.cpu_kernels(torch.zeros(1)) is None:
         pytest.skip("the compiled kernels could not be built here")
     if path == "torch":
-        monkeypatch.setattr(model_module, "_cpu_kernels", lambda tensor: None)
+        monkeypatch.setattr(model_module, "cpu_kernels", lambda tensor: None)
     generator = torch.Generator().manual_seed(dim)
     scales = torch.tensor([0.1, 1.0, 5.0, 30.0, 100.0], dtype=torch.float64)
     logits = (
@@ -475,11 +475,11 @@ def test_the_compiled_sampler_draws_what_the_torch_loop_draws(monkeypatch, dtype
         for parameter in model.parameters():
             parameter.normal_(0, 1.0, generator=torch.Generator().manual_seed(4))
     uniforms = torch.rand(300, 40, generator=torch.Generator().manual_seed(5), dtype=dtype)
-    assert model_module._cpu_kernels(uniforms) is not None
+    assert model_module.cpu_kernels(uniforms) is not None
     with torch.no_grad():  # as in MADE.sample
         compiled = model._sample_one_hidden_layer(0, uniforms)
         monkeypatch.setenv("MADE_FUSED_ADAM", "0")
-        assert model_module._cpu_kernels(uniforms) is None
+        assert model_module.cpu_kernels(uniforms) is None
         looped = model._sample_one_hidden_layer(0, uniforms)
     assert compiled.dtype == dtype and torch.equal(compiled, looped) and 0 < float(compiled.mean()) < 1
 
