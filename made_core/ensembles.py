@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,11 @@ class TestEnsemble:
     valid: NLL  # the validation NLL with ``masks`` masks
     valid_by_size: dict[int, float]  # every ensemble size evaluated on validation -> its NLL
     valid_log_probs: torch.Tensor  # (N,) float64: each validation row's log p(x) with ``masks`` masks
+    seconds_per_row_mask: float = math.nan  # what evaluating one row under one mask took on validation
+
+    def projected_seconds(self, rows: int) -> float:
+        """The seconds evaluating ``rows`` rows with this ensemble should take, at validation's rate."""
+        return self.seconds_per_row_mask * rows * self.masks
 
 
 def choose_test_masks(
@@ -53,10 +59,12 @@ def choose_test_masks(
         sizes: tuple[int, ...] = (requested,)
     else:
         sizes = SAMPLING_TEST_MASK_CHOICES if num_masks == MASK_SAMPLING else (num_masks,)
+    started = time.perf_counter()
     log_probs = ensemble_log_probs(model, valid_rows, sizes, batch_size)
+    rate = (time.perf_counter() - started) / max(1, len(valid_rows) * max(sizes))
     by_size = {size: nll_of(rows) for size, rows in log_probs.items()}
     masks = min(by_size, key=lambda size: (by_size[size].mean if math.isfinite(by_size[size].mean) else math.inf, size))
-    return TestEnsemble(masks, by_size[masks], {size: nll.mean for size, nll in by_size.items()}, log_probs[masks])
+    return TestEnsemble(masks, by_size[masks], {size: nll.mean for size, nll in by_size.items()}, log_probs[masks], rate)
 
 
 def ensemble_size_curve(per_mask: torch.Tensor) -> dict[int, float]:

@@ -11,6 +11,8 @@ such a library (``search.experiment.evaluate_best``). Shapes: per-model log-prob
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,30 +34,48 @@ def mixture_log_prob(per_model: torch.Tensor, weights: torch.Tensor) -> torch.Te
     return torch.logsumexp(per_model[used] + log_weights[:, None], dim=0)
 
 
-def select_weights(valid_log_probs: torch.Tensor, max_rounds: int = MAX_SELECTION_ROUNDS) -> torch.Tensor:
+def select_weights(
+    valid_log_probs: torch.Tensor,
+    max_rounds: int = MAX_SELECTION_ROUNDS,
+    costs: Sequence[float] | None = None,
+    budget: float | None = None,
+) -> torch.Tensor:
     """(N,) mixture weights chosen on validation from (N, B) per-model log-probabilities.
 
     Greedy forward selection with replacement: the first pick is the model with the lowest
     validation NLL (ties: the first), each further pick the one whose added share lowers the
     mixture's validation NLL most; it stops when no pick lowers it. A non-finite model is never
-    picked. The mixture's validation NLL is never above the best single model's."""
+    picked. The mixture's validation NLL is never above the best single model's.
+
+    ``costs`` (N,) and ``budget``: what using each model costs (e.g. the seconds its test
+    evaluation will take) and what all the models used may cost together; a model whose cost
+    would exceed what is left is not picked (the first pick always is)."""
     per_model = torch.nan_to_num(valid_log_probs.to(torch.float64), nan=-torch.inf, posinf=-torch.inf)
     count = per_model.shape[0]
     if count == 0:
         raise ValueError("select_weights needs at least one model")
+    if costs is not None and len(costs) != count:
+        raise ValueError(f"select_weights needs one cost per model: {len(costs)} for {count}")
     single = -per_model.mean(dim=1)
     counts = torch.zeros(count, dtype=torch.float64)
-    counts[int(torch.argmin(single))] = 1.0
+    first = int(torch.argmin(single))
+    counts[first] = 1.0
+    left = math.inf if budget is None or costs is None else budget - costs[first]
     best = -mixture_log_prob(per_model, counts).mean().item()
     for _ in range(max_rounds - 1):
         scores = []
         for i in range(count):
+            if counts[i] == 0 and costs is not None and costs[i] > left:
+                scores.append(math.inf)
+                continue
             trial = counts.clone()
             trial[i] += 1.0
             scores.append(-mixture_log_prob(per_model, trial / trial.sum()).mean().item())
         pick = int(np.argmin(scores))
         if not scores[pick] < best:
             break
+        if counts[pick] == 0 and costs is not None:
+            left -= costs[pick]
         counts[pick] += 1.0
         best = scores[pick]
     return counts / counts.sum()

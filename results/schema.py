@@ -216,7 +216,8 @@ class BestOptional(TypedDict, total=False):
     reseeds: list[dict[str, Any]]  # [{"trial_id", "seed", "sweep_valid_nll", "valid_nll", "test_masks"}, ...]
     # The finalists and retrainings mixed in probability space, weights chosen on validation
     # (made_core.mixture), tested once: {"models": [{..., "weight"}, ...], "valid_nll", "test_nll",
-    # "test_nll_stderr", "path"} (path: the BEST_MIXTURE_FOLDER).
+    # "test_nll_stderr", "path"} (path: the BEST_MIXTURE_FOLDER); a sweep with a time budget adds
+    # "test_seconds_allowed" and "left_out_for_time" (trial ids whose test evaluation would not fit).
     mixture: dict[str, Any]
 
 

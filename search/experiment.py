@@ -36,6 +36,20 @@ from results.tables import order_hyperparameters
 # Ray Tune's own key in every result: the trial's total training time in seconds.
 RAY_TIME_TOTAL = "time_total_s"
 
+logger = logging.getLogger("search")
+
+MIXTURE_TEST_SHARE = 0.1
+"""Of a sweep's time budget, what testing the mixture's models besides the chosen one may take."""
+MIN_MIXTURE_TEST_SECONDS = 60.0
+
+
+def mixture_test_seconds(time_budget_seconds: float | None) -> float | None:
+    """The seconds the mixture's further test evaluations may take in a sweep with this budget
+    (None: no budget, no limit)."""
+    if time_budget_seconds is None:
+        return None
+    return max(MIN_MIXTURE_TEST_SECONDS, MIXTURE_TEST_SHARE * time_budget_seconds)
+
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -92,13 +106,13 @@ class _TrialsThatReportedNothing(logging.Filter):
 @contextmanager
 def quiet_about_trials_that_reported_nothing() -> Iterator[None]:
     """Inside: Ray's experiment analysis says nothing of trials that reported nothing (see above)."""
-    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    analysis_logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
     quiet = _TrialsThatReportedNothing()
-    logger.addFilter(quiet)
+    analysis_logger.addFilter(quiet)
     try:
         yield
     finally:
-        logger.removeFilter(quiet)
+        analysis_logger.removeFilter(quiet)
 
 
 def read_ray_trials(experiment_path: str | Path) -> list[TrialRecord]:
@@ -251,6 +265,7 @@ def evaluate_best(
     checkpoint_path: str | None = None,
     reseeded: list[Finalist] | None = None,
     mix: bool = False,
+    mixture_seconds: float | None = None,
 ) -> schema.BestTrial | None:
     """Evaluate the chosen model once on the test set; write best_model/ and best.json. Returns best.json's data.
 
@@ -263,7 +278,9 @@ def evaluate_best(
 
     With ``mix``, the finalists and retrainings are also mixed (``made_core.mixture``: weights
     chosen on validation by greedy forward selection, starting from the chosen model), the mixture is
-    tested once and written to best_mixture/, and best.json's ``mixture`` describes it.
+    tested once and written to best_mixture/, and best.json's ``mixture`` describes it. With
+    ``mixture_seconds``, the models besides the chosen one enter the mixture only while their test
+    evaluations, projected from their validation ones, fit in that many seconds.
 
     ``experiment_path`` is the local folder written to. best.json's ``checkpoint_path`` is the
     absolute best_model/ folder unless ``checkpoint_path`` is given (URI storage: the path
@@ -297,7 +314,7 @@ def evaluate_best(
     }
     if mix:
         pool = [chosen, *(f for f in [*ranked, *(reseeded or [])] if f is not chosen)]
-        mixture = mix_finalists(experiment_path, pool, test_data, chosen_test_log_probs)
+        mixture = mix_finalists(experiment_path, pool, test_data, chosen_test_log_probs, mixture_seconds)
         # Named like the model: relative to the experiment folder when checkpoint_path is (URI storage).
         mixture["path"] = schema.BEST_MIXTURE_FOLDER if checkpoint_path else str(experiment_path / schema.BEST_MIXTURE_FOLDER)
         summary["mixture"] = mixture
@@ -307,15 +324,27 @@ def evaluate_best(
 
 
 def mix_finalists(
-    experiment_path: Path, pool: list[Finalist], test_data: np.ndarray, first_test_log_probs: Any
+    experiment_path: Path, pool: list[Finalist], test_data: np.ndarray, first_test_log_probs: Any, seconds: float | None = None
 ) -> dict[str, Any]:
     """Mix ``pool`` (the chosen model first, whose test log-probabilities are given) with weights
-    chosen on validation; test the mixture once; write it to best_mixture/. Returns best.json's
-    ``mixture`` but its ``path``: the models with their weights, the mixture's validation and test NLL."""
+    chosen on validation, the others' test evaluations within ``seconds`` (projected; None: no
+    limit); test the mixture once; write it to best_mixture/. Returns best.json's ``mixture`` but
+    its ``path``: the models with their weights, the mixture's validation and test NLL, and with a
+    limit, the seconds allowed and the models the limit left out."""
     import torch
 
     valid = torch.stack([f.ensemble.valid_log_probs for f in pool])  # computed when the test ensembles were chosen
     weights = select_weights(valid)
+    extra: dict[str, Any] = {}
+    if seconds is not None:
+        # A large test set (150,000 rows) makes each further model's test evaluation minutes long.
+        costs = [0.0] + [f.ensemble.projected_seconds(len(test_data)) for f in pool[1:]]
+        unlimited = weights
+        weights = select_weights(valid, costs=[c if math.isfinite(c) else 0.0 for c in costs], budget=seconds)
+        left_out = [pool[i].record.trial_id for i in range(len(pool)) if unlimited[i] > 0 and weights[i] == 0]
+        extra = {"test_seconds_allowed": seconds, "left_out_for_time": left_out}
+        if left_out:
+            logger.info("mixture: left out %s, whose test evaluations would not fit in %.0f s", ", ".join(left_out), seconds)
     used = [i for i in range(len(pool)) if weights[i] > 0]
     test_by_model = [first_test_log_probs if i == 0 else example_log_probs(pool[i].model, test_data, pool[i].ensemble.masks)
                      for i in used]  # fmt: skip
@@ -330,4 +359,5 @@ def mix_finalists(
         "valid_nll": valid_nll.mean,
         "test_nll": test.mean,
         "test_nll_stderr": test.stderr,
+        **extra,
     }

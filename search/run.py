@@ -669,6 +669,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         Finalist,
         TrialRecord,
         evaluate_best,
+        mixture_test_seconds,
         quiet_about_trials_that_reported_nothing,
         read_ray_trials,
         reselect,
@@ -780,7 +781,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         extra["checkpoint_uri"] = folder.remote(schema.BEST_MODEL_FOLDER)
     best = evaluate_best(
         experiment_path, ranked, plan.dataset, data.test, extra, checkpoint_path=model_location, reseeded=reseeded,
-        mix=True,
+        mix=True, mixture_seconds=mixture_test_seconds(plan.time_budget_seconds),
     )  # fmt: skip
     write_json(marker, info)
     folder.publish(

@@ -102,3 +102,24 @@ def test_weights_must_form_a_distribution_over_models_of_one_dimension():
         MADEMixture((first, second), (1, 1), (0.5, 0.5))
     with pytest.raises(ValueError, match="one weight per model"):
         MADEMixture((first,), (1, 1), (1.0,))
+
+
+def test_a_model_whose_cost_does_not_fit_the_budget_is_left_out():
+    # Two models good on different halves: mixed without a budget, as in the test above.
+    first = torch.cat([torch.full((20,), -1.0), torch.full((20,), -6.0)])
+    second = torch.cat([torch.full((20,), -6.0), torch.full((20,), -1.5)])
+    third = torch.cat([torch.full((20,), -6.0), torch.full((20,), -1.0)])
+    per_model = torch.stack([first, second, third])
+    assert select_weights(per_model).tolist()[2] > 0
+    # The third costs more than the budget leaves: the second, which fits, takes its place.
+    limited = select_weights(per_model, costs=[5.0, 1.0, 3.0], budget=7.0)
+    assert limited[0] > 0 and limited[1] > 0 and limited[2] == 0
+    # The first pick is made whatever it costs, and its cost counts; more shares of a model cost nothing.
+    assert select_weights(per_model, costs=[50.0, 1.0, 1.0], budget=1.0).tolist() == [1.0, 0.0, 0.0]
+    one_more = select_weights(per_model, costs=[0.5, 1.0, 1.0], budget=1.5)
+    assert one_more[0] > 0 and (one_more[1] > 0) != (one_more[2] > 0)
+    assert select_weights(per_model, costs=[0.0, 0.0, 0.0], budget=0.0).tolist() == pytest.approx(
+        select_weights(per_model).tolist()
+    )
+    with pytest.raises(ValueError, match="one cost per model"):
+        select_weights(per_model, costs=[1.0], budget=1.0)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from ray import tune
 
 from made_core.data import load_dataset
@@ -177,6 +178,7 @@ def test_the_finalists_mixture_is_chosen_on_validation_tested_once_and_loads_bac
     assert list(loaded.weights) == pytest.approx([m["weight"] for m in mixture["models"]])
     assert nll_of(loaded.log_prob(tiny.test)).mean == pytest.approx(mixture["test_nll"], rel=1e-6)
     assert nll_of(loaded.log_prob(tiny.valid)).mean == pytest.approx(mixture["valid_nll"], rel=1e-6)
+    assert "left_out_for_time" not in mixture  # no time budget: no limit
     # Not asked for: no mixture.
     plain = evaluate_best(tmp_path / "exp1", ranked, "synthetic-tiny", tiny.test)
     assert plain is not None and "mixture" not in plain and not (tmp_path / "exp1" / schema.BEST_MIXTURE_FOLDER).exists()
@@ -219,3 +221,30 @@ def test_a_trial_config_may_carry_its_own_seed(tiny, monkeypatch):
 
     own_seed = valid_nlls({**CONFIG, schema.TRIAL_SEED_KEY: 5}, seed=0)
     assert own_seed == valid_nlls(CONFIG, seed=5) and own_seed != valid_nlls(CONFIG, seed=0)
+
+
+def test_the_mixture_leaves_out_models_whose_test_evaluation_would_not_fit_the_time(trial, tiny, tmp_path):
+    from dataclasses import replace
+
+    early = replace(
+        trial, trial_id="early", checkpoint=tune.Checkpoint.from_directory(str(tmp_path / "trial" / "checkpoint_000000"))
+    )
+    ranked = reselect([early, trial], tiny.valid, None, 3, 0)
+    # Validation figures good on complementary halves of the rows, so that both models are mixed.
+    half = len(tiny.valid) // 2
+    for index, finalist in enumerate(ranked):
+        crafted = torch.full((len(tiny.valid),), -20.0, dtype=torch.float64)
+        crafted[index * half : (index + 1) * half] = -5.0
+        ranked[index] = replace(finalist, ensemble=replace(finalist.ensemble, valid_log_probs=crafted))
+    unlimited = evaluate_best(tmp_path / "exp", ranked, "synthetic-tiny", tiny.test, mix=True)
+    assert unlimited is not None and len(unlimited["mixture"]["models"]) == 2
+    # The second model's test evaluation, projected from its validation one, takes more than no time.
+    assert ranked[1].ensemble.projected_seconds(len(tiny.test)) > 0
+    timed = evaluate_best(tmp_path / "exp1", ranked, "synthetic-tiny", tiny.test, mix=True, mixture_seconds=0.0)
+    assert timed is not None
+    assert [m["trial_id"] for m in timed["mixture"]["models"]] == [timed["trial_id"]]
+    assert timed["mixture"]["left_out_for_time"] == [ranked[1].record.trial_id]
+    assert timed["mixture"]["test_seconds_allowed"] == 0.0
+    # Room for it: mixed as without a limit.
+    roomy = evaluate_best(tmp_path / "exp2", ranked, "synthetic-tiny", tiny.test, mix=True, mixture_seconds=3600.0)
+    assert roomy is not None and len(roomy["mixture"]["models"]) == 2 and roomy["mixture"]["left_out_for_time"] == []
