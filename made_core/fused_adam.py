@@ -271,11 +271,12 @@ static inline float log_positive(float x) {  // log(x) for normal x > 0, Cephes'
 }
 static inline double log_positive(double x) { return std::log(x); }
 
+constexpr int64_t TILE = 64, CHUNK = 16;  // columns a tile, dimensions a log
+
 // One tile of at most TILE columns b0.. of bernoulli_columns_.
 template <typename scalar_t>
 static void bernoulli_tile(scalar_t* l_ptr, const scalar_t* x_ptr, scalar_t* out, int64_t D, int64_t B, int64_t b0, int64_t width,
                            scalar_t scale, bool write) {
-  constexpr int64_t TILE = 64, CHUNK = 16;
   double total[TILE]; scalar_t sum[TILE], product[TILE];
   for (int64_t j = 0; j < TILE; ++j) { total[j] = 0; sum[j] = 0; product[j] = 1; }
   for (int64_t d = 0; d < D; ++d) {
@@ -304,7 +305,7 @@ torch::Tensor bernoulli_columns_(torch::Tensor logits, torch::Tensor x, double g
   TORCH_CHECK(logits.dim() == 2 && logits.sizes() == x.sizes(), "logits and x must be (D, B) of one shape");
   TORCH_CHECK(logits.device().is_cpu() && logits.is_contiguous() && x.is_contiguous() && x.scalar_type() == logits.scalar_type(),
               "logits and x must be contiguous CPU tensors of one dtype");
-  const int64_t D = logits.size(0), B = logits.size(1), TILE = 64;
+  const int64_t D = logits.size(0), B = logits.size(1);
   auto out = torch::empty({B}, logits.options());
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "bernoulli_columns_", [&] {
     scalar_t* l_ptr = logits.data_ptr<scalar_t>(); const scalar_t* x_ptr = x.data_ptr<scalar_t>(); scalar_t* o_ptr = out.data_ptr<scalar_t>();
@@ -321,7 +322,7 @@ torch::Tensor bernoulli_columns_(torch::Tensor logits, torch::Tensor x, double g
 // dimensions in LANES interleaved partial sums.
 template <typename scalar_t>
 static double bernoulli_row(const scalar_t* l, const scalar_t* x, int64_t D) {
-  constexpr int64_t LANES = 16, CHUNK = 16;
+  constexpr int64_t LANES = 16;
   double total = 0; scalar_t sum[LANES], product[LANES];
   for (int64_t j = 0; j < LANES; ++j) { sum[j] = 0; product[j] = 1; }
   for (int64_t d0 = 0, steps = 1; d0 < D; d0 += LANES, ++steps) {
@@ -388,11 +389,8 @@ static void blocked_slice(const torch::Tensor& columns, const torch::Tensor& ord
   auto logits = at::empty({x.size(0), n}, x.options());
   apply(depth, hidden, logits, false);
   if (has_direct) apply(depth + 1, x, logits, true);
-  const int64_t TILE = 64;
-  auto part = at::empty({n}, x.options());
   for (int64_t t0 = 0; t0 < n; t0 += TILE)
-    bernoulli_tile<scalar_t>(logits.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), part.data_ptr<scalar_t>(), x.size(0), n, t0, std::min(TILE, n - t0), scalar_t(0), false);
-  out.narrow(0, c0, n).copy_(part);
+    bernoulli_tile<scalar_t>(logits.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + c0, x.size(0), n, t0, std::min(TILE, n - t0), scalar_t(0), false);
 }
 
 torch::Tensor blocked_log_prob(torch::Tensor columns, torch::Tensor order, std::vector<std::vector<torch::Tensor>> block_weights,
