@@ -362,6 +362,52 @@ def test_a_restored_searcher_leaves_trials_the_study_finished_alone(tmp_path):
     assert 2 not in study.trials[0].intermediate_values
 
 
+def test_a_waiting_trial_takes_a_freed_slot_before_the_next_suggestion(tmp_path, monkeypatch):
+    # Ray asks for the next trial before it hands a finished trial's actor to the trial waiting.
+    import search.tuner
+    from search.timeline import TrialTimeline
+    from search.tuner import MadeOptunaSearch
+    from spaces import get_space
+
+    clock = [1000.0]
+    monkeypatch.setattr(search.tuner.time, "time", lambda: clock[0])
+    timeline = TrialTimeline()
+    searcher = MadeOptunaSearch(max_epochs=10, space=get_space("quick").define_by_run(), metric="best_valid_nll",
+                                mode="min", sampler=optuna.samplers.TPESampler(seed=0), timeline=timeline)  # fmt: skip
+    for trial_id in ("a", "b", "c"):  # two slots and one trial waiting; none has ended
+        assert searcher.suggest(trial_id) is not None
+    timeline.started.update(a=clock[0], b=clock[0])
+    clock[0] += 0.3  # a short trial: it started within SUCCESSOR_WAIT_SECONDS of its end
+    done = {"best_valid_nll": 5.0, "epoch": 10, "stopped_early": False}
+    searcher.on_trial_complete("a", done)
+    assert searcher.suggest("d") is None  # "c" takes a's slot first
+    clock[0] += 0.01
+    timeline.started["c"] = clock[0]
+    assert searcher.suggest("d") is not None  # "c" runs: the next one may come
+    timeline.started["d"] = clock[0]
+    # Two slots freed with one trial waiting: the second slot needs a suggestion now.
+    clock[0] += 1.0
+    assert searcher.suggest("e") is not None
+    clock[0] += 0.01
+    searcher.on_trial_complete("b", done)
+    searcher.on_trial_complete("c", done)
+    assert searcher.suggest("f") is not None
+    # A waiting trial that never starts holds suggestions back for SUCCESSOR_WAIT_SECONDS at most.
+    clock[0] += 1.0
+    searcher.on_trial_complete("d", done)
+    assert searcher.suggest("g") is None
+    clock[0] += search.tuner.SUCCESSOR_WAIT_SECONDS + 0.01
+    assert searcher.suggest("g") is not None
+    # The snapshot leaves the timeline out: a restored sweep's callbacks are copies.
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    assert searcher._timeline is timeline
+    restored = MadeOptunaSearch(max_epochs=10, space=get_space("quick").define_by_run(), metric="best_valid_nll",
+                                mode="min", sampler=optuna.samplers.TPESampler(seed=0), timeline=timeline)  # fmt: skip
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("e", done)
+    assert restored._timeline is None and restored.suggest("h") is not None
+
+
 def test_parse_duration():
     assert parse_duration("90") == 90
     assert parse_duration("30m") == 1800
