@@ -548,17 +548,24 @@ def clear_stale_build_lock(build_directory: Path, stale_after: float = STALE_BUI
         time.sleep(0.5)
 
 
+def kernel_build_directory(name: str) -> Path:
+    """Our own folder for build ``name`` under torch's extension root ($TORCH_EXTENSIONS_DIR, as
+    torch's own builds read it, else torch's default), so that a stale lock in it can be found."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / "made_core" / name
+
+
 def load_kernels() -> Any:
     """The compiled kernels, built on first use; None (after one warning) when they cannot be built."""
     global _kernels, _load_error
     if _kernels is None and _load_error is None:
         try:
-            from torch.utils.cpp_extension import get_default_build_root, load_inline
+            from torch.utils.cpp_extension import load_inline
 
             ninja_version = _put_ninja_on_path()
             name = f"made_fused_adam_{_build_key(ninja_version)}"
-            # Our own folder under torch's build root, so that a stale lock in it can be found.
-            build_directory = Path(get_default_build_root()) / "made_core" / name
+            build_directory = kernel_build_directory(name)
             clear_stale_build_lock(build_directory)
             build_directory.mkdir(parents=True, exist_ok=True)
             _kernels = load_inline(

@@ -178,3 +178,14 @@ def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_waited_for(tmp_
     assert time.monotonic() - started >= 0.5 and (live / "built.so").exists()
 
     fused_adam.clear_stale_build_lock(tmp_path / "never built")  # no folder: nothing to wait for
+
+
+def test_kernels_build_under_torch_extensions_dir_when_set(monkeypatch, tmp_path):
+    from torch.utils.cpp_extension import get_default_build_root
+
+    from made_core.fused_adam import kernel_build_directory
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    assert kernel_build_directory("k") == Path(get_default_build_root()) / "made_core" / "k"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # as torch's own builds read it
+    assert kernel_build_directory("k") == tmp_path / "made_core" / "k"
