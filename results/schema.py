@@ -210,6 +210,8 @@ class BestOptional(TypedDict, total=False):
     # The finalists (the top trials by sweep objective) re-evaluated on validation with their
     # test-time ensembles; the one with the lowest such NLL is the chosen trial.
     finalists: list[dict[str, Any]]  # [{"trial_id", "seed", "sweep_valid_nll", "valid_nll", "test_masks"}, ...]
+    # With --time-budget: the top trials not re-evaluated, their validation past the allowance.
+    finalists_left_out_for_time: list[str]
     seed: int  # the chosen model's training seed
     # The leading finalist and its retrainings with other seeds (--reseeds; empty without), each
     # evaluated like a finalist; the one with the lowest validation NLL is the chosen model.

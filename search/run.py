@@ -669,7 +669,8 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         Finalist,
         TrialRecord,
         evaluate_best,
-        mixture_test_seconds,
+        evaluation_seconds,
+        finalist_trials,
         quiet_about_trials_that_reported_nothing,
         read_ray_trials,
         reselect,
@@ -748,7 +749,15 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     records = read_ray_trials(folder.location)
     write_trial_files(experiment_path, records)
     completed = sum(1 for r in records if r.status == "TERMINATED")
-    ranked = reselect(records, data.valid, plan.test_masks, plan.finalists, plan.seed)
+    allowance = evaluation_seconds(plan.time_budget_seconds)
+    ranked = reselect(records, data.valid, plan.test_masks, plan.finalists, plan.seed, seconds=allowance)
+    evaluated = {finalist.record.trial_id for finalist in ranked}
+    left_out = [r.trial_id for r in finalist_trials(records, plan.finalists) if r.trial_id not in evaluated]
+    if left_out:
+        logger.info(
+            "note: %d of the top %d trials were not re-evaluated: validating them would pass the %.0f s allowed "
+            "(a tenth of --time-budget, at least 60 s)", len(left_out), len(left_out) + len(ranked), allowance or 0.0,
+        )  # fmt: skip
     retrained: list[TrialRecord] = []  # the retrainings with other seeds
     reseeded: list[Finalist] = []  # those of them with a model, evaluated like finalists
     left = None
@@ -773,6 +782,8 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         training = sum(float(r.last_result.get(RAY_TIME_TOTAL, 0.0)) for r in records)
         info["slot_time"] = slot_time(fit_started, fit_ended, slots, timeline.intervals(fit_ended), training)
     extra: schema.BestOptional = {"true_test_nll": data.true_test_nll} if data.true_test_nll is not None else {}
+    if left_out:
+        extra["finalists_left_out_for_time"] = left_out
     model_location = None
     if folder.is_uri:
         # best.json names the model relative to its experiment folder (valid after a download
@@ -781,7 +792,7 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
         extra["checkpoint_uri"] = folder.remote(schema.BEST_MODEL_FOLDER)
     best = evaluate_best(
         experiment_path, ranked, plan.dataset, data.test, extra, checkpoint_path=model_location, reseeded=reseeded,
-        mix=True, mixture_seconds=mixture_test_seconds(plan.time_budget_seconds),
+        mix=True, mixture_seconds=allowance,
     )  # fmt: skip
     write_json(marker, info)
     folder.publish(

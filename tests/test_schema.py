@@ -113,7 +113,8 @@ def test_experiment_folder_written_is_the_schema_and_reads_back(trial, tiny, tmp
 
     write_json(folder / schema.EXPERIMENT_FILE, finished)
     write_trial_files(folder, [trial])
-    extra: schema.BestOptional = {"true_test_nll": float(tiny.true_test_nll), "checkpoint_uri": "s3://bucket/runs/exp/best_model"}
+    extra: schema.BestOptional = {"true_test_nll": float(tiny.true_test_nll), "checkpoint_uri": "s3://bucket/runs/exp/best_model",
+                                  "finalists_left_out_for_time": ["t2"]}  # fmt: skip
     ranked = reselect([trial], tiny.valid, None, 3, plan.seed)
     best = evaluate_best(folder, ranked, plan.dataset, tiny.test, extra, mix=True)
     assert best is not None
@@ -156,6 +157,9 @@ def test_the_final_pick_is_the_best_finalist_on_validation_with_its_test_ensembl
     assert best["finalists"][1]["sweep_valid_nll"] == pytest.approx(trial.best_valid_nll - 1.0)
     only_top = evaluate_best(tmp_path / "exp1", reselect([early, trial], tiny.valid, None, 1, 0), "synthetic-tiny", tiny.test)
     assert only_top is not None and only_top["trial_id"] == "early"
+    # Out of time: the sweep's best is still evaluated, the others are left out.
+    assert [f.record.trial_id for f in reselect([early, trial], tiny.valid, None, 3, 0, seconds=0.0)] == ["early"]
+    assert len(reselect([early, trial], tiny.valid, None, 3, 0, seconds=600.0)) == 2
 
 
 def test_the_finalists_mixture_is_chosen_on_validation_tested_once_and_loads_back(trial, tiny, tmp_path):

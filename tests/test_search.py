@@ -492,6 +492,23 @@ def test_budget_driven_sweep_runs_trials_until_the_budget_is_spent(tmp_path, ray
 
 
 @pytest.mark.slow
+def test_a_time_budget_bounds_the_reselection_and_best_json_names_the_finalists_left_out(tmp_path, ray_env):
+    # The allowance (a tenth of the budget, at least 60 s) set to nothing: only the sweep's best is re-evaluated.
+    program = (
+        "import search, search.experiment as experiment\n"
+        "experiment.MIN_EVALUATION_SECONDS = experiment.EVALUATION_SHARE = 0.0\n"
+        "search.sweep('synthetic-tiny', space='quick', num_samples=3, max_epochs=2, grace_period=2, time_budget='5m',"
+        " reseeds=0, storage='runs', name='bounded', seed=1, no_tables=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=ray_env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    best = json.loads((tmp_path / "runs" / "bounded" / schema.BEST_FILE).read_text())
+    trials = pd.read_csv(tmp_path / "runs" / "bounded" / schema.TRIALS_FILE).sort_values("best_valid_nll")
+    assert [f["trial_id"] for f in best["finalists"]] == [best["trial_id"]] == [trials["trial_id"].iloc[0]]
+    assert sorted(best["finalists_left_out_for_time"]) == sorted(trials["trial_id"].iloc[1:])
+
+
+@pytest.mark.slow
 def test_the_leading_configuration_is_retrained_with_other_seeds_and_the_best_on_validation_delivered(tmp_path, ray_env):
     # Unasked: the trial count ends the search long before the budget, so each of the 2 slots retrains it once.
     process = start_sweep(tmp_path, ray_env, "--dataset", "synthetic-tiny", "--space", "quick", "--num-samples", "3",
