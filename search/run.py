@@ -665,6 +665,8 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     from search.api import NoResultError, SweepResult
     from search.cluster import trial_slots
     from search.experiment import (
+        EVALUATION_SHARE,
+        MIN_EVALUATION_SECONDS,
         RAY_TIME_TOTAL,
         Finalist,
         TrialRecord,
@@ -756,7 +758,8 @@ def run_sweep(plan: Any, previous: dict[str, Any], data: Any, args: argparse.Nam
     if left_out:
         logger.info(
             "note: %d of the top %d trials were not re-evaluated: validating them would pass the %.0f s allowed "
-            "(a tenth of --time-budget, at least 60 s)", len(left_out), len(left_out) + len(ranked), allowance or 0.0,
+            "(%.0f%% of --time-budget, at least %.0f s)", len(left_out), len(left_out) + len(ranked), allowance or 0.0,
+            100 * EVALUATION_SHARE, MIN_EVALUATION_SECONDS,
         )  # fmt: skip
     retrained: list[TrialRecord] = []  # the retrainings with other seeds
     reseeded: list[Finalist] = []  # those of them with a model, evaluated like finalists

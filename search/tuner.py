@@ -179,7 +179,8 @@ class MadeOptunaSearch(OptunaSearch):
         return 0 < freed <= waiting
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        self._end_times.append(time.time())
+        if self._timeline is not None:  # without one nothing prunes the list, and nothing reads it
+            self._end_times.append(time.time())
         cut_short = (
             result is not None
             and not error
